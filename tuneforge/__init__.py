@@ -1,0 +1,1 @@
+"""TuneForge tuneforge package."""
