@@ -1,0 +1,1 @@
+"""Framework-free core of the control plane: settings, errors, ids, storage."""

@@ -1,0 +1,1 @@
+"""The public HTTP API (/v1/...): thin handlers over the use cases."""

@@ -1,0 +1,42 @@
+"""The FastAPI application factory (entry point for uvicorn: `app.main:create_app`)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, FastAPI
+
+from app.core.queue import broker_reachable
+from app.core.settings import Settings, get_settings
+from app.core.storage import BlobStore
+from app.db.session import Database
+from app.http.errors import install_error_handlers
+from app.http.middleware import JsonBodyLimitMiddleware, RequestIdMiddleware
+from app.http.routes import files, health
+from app.http.state import AppState
+
+API_DESCRIPTION = """OpenAI-compatible fine-tuning API.
+
+Extensions beyond OpenAI's API: `GET /v1/files/{id}/report` returns the dataset check of a fine-tune file
+(format, example count, per-line errors with line numbers and codes, duplicates, statistics).
+"""
+
+
+def create_app(settings: Settings | None = None, extra_routers: list[APIRouter] | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    db = Database(settings.resolved_database_url)
+    storage = BlobStore(settings.resolved_storage_dir)
+    state = AppState(settings=settings, db=db, storage=storage)
+    state.ready_checks.append(lambda: ("queue", broker_reachable(settings)))
+
+    app = FastAPI(title="TuneForge", version="0.1.0", description=API_DESCRIPTION)
+    app.state.tuneforge = state
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(files.router)
+    for router in extra_routers or []:
+        app.include_router(router)
+    app.add_middleware(JsonBodyLimitMiddleware, max_bytes=settings.max_json_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app

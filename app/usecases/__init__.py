@@ -1,0 +1,1 @@
+"""Use cases: the operations the API, CLI and workers perform, free of HTTP."""

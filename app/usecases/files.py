@@ -1,0 +1,233 @@
+"""Files: streamed uploads with dataset checks, listing, retrieval, deletion."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, tuple_
+from sqlalchemy.orm import Session
+
+from app.core.errors import InvalidRequest, not_found
+from app.core.ids import new_id, now_ns, ns_to_s
+from app.core.settings import Settings
+from app.core.storage import BlobStore, IncomingBlob
+from app.db.models import StoredFile
+from engine.formats import DatasetChecker
+
+UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+INTERNAL_PURPOSES = ("fine-tune-results",)
+EXPIRY_MIN_S, EXPIRY_MAX_S = 3600, 2_592_000
+BATCH_DEFAULT_EXPIRY_S = 30 * 24 * 3600
+_UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean_filename(raw: str | None) -> str:
+    """Keep the client's name as metadata only: last path segment, NFC, no control or bidi characters."""
+    name = unicodedata.normalize("NFC", raw or "")
+    name = re.split(r"[\\/]", name)[-1]
+    name = _UNSAFE_CHARS.sub("", name).strip()
+    if name in ("", ".", ".."):
+        name = "upload"
+    return name[:255]
+
+
+@dataclass(frozen=True)
+class ExpiresAfter:
+    anchor: str
+    seconds: int
+
+
+def parse_expires_after(anchor: str | None, seconds: str | None) -> ExpiresAfter | None:
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise InvalidRequest("expires_after[anchor] must be 'created_at'.", param="expires_after[anchor]")
+    try:
+        value = int(seconds or "")
+    except ValueError:
+        raise InvalidRequest("expires_after[seconds] must be an integer.", param="expires_after[seconds]") from None
+    if not EXPIRY_MIN_S <= value <= EXPIRY_MAX_S:
+        raise InvalidRequest(
+            f"expires_after[seconds] must be between {EXPIRY_MIN_S} and {EXPIRY_MAX_S}.",
+            param="expires_after[seconds]",
+        )
+    return ExpiresAfter(anchor=anchor, seconds=value)
+
+
+def validate_purpose(purpose: str | None) -> str:
+    if not purpose:
+        raise InvalidRequest("'purpose' is a required property", param="purpose")
+    if purpose not in UPLOAD_PURPOSES:
+        raise InvalidRequest(
+            f"'{purpose}' is not one of {list(UPLOAD_PURPOSES)} - 'purpose'", param="purpose"
+        )
+    return purpose
+
+
+class FileUpload:
+    """One upload in flight: bytes go to a temp blob and, for fine-tune files, through the dataset checker."""
+
+    def __init__(self, storage: BlobStore, settings: Settings) -> None:
+        self._settings = settings
+        self._blob: IncomingBlob = storage.begin(settings.max_upload_bytes)
+        self._checker: DatasetChecker | None = None
+        self._check_started_late = False
+
+    def check_as_dataset(self) -> None:
+        """Check while streaming; must be called before the first byte, else the check runs after upload."""
+        if self._blob.size:
+            self._check_started_late = True
+            return
+        self._checker = self._new_checker()
+
+    def _new_checker(self) -> DatasetChecker:
+        return DatasetChecker(
+            max_line_bytes=self._settings.max_line_bytes,
+            max_errors=self._settings.max_report_errors,
+            min_examples=self._settings.min_examples,
+        )
+
+    def write(self, chunk: bytes) -> None:
+        self._blob.write(chunk)
+        if self._checker is not None:
+            self._checker.feed(chunk)
+
+    @property
+    def size(self) -> int:
+        return self._blob.size
+
+    def abort(self) -> None:
+        self._blob.abort()
+
+    def finish(
+        self,
+        session: Session,
+        storage: BlobStore,
+        project_id: str,
+        purpose: str,
+        filename: str | None,
+        expires_after: ExpiresAfter | None,
+    ) -> StoredFile:
+        """Run the dataset check if it has not run yet, store the blob, insert the row."""
+        report: dict[str, Any] | None = None
+        if purpose == "fine-tune":
+            if self._checker is None:
+                # The purpose arrived after the file part: check the temp file in one more streaming pass.
+                self._checker = self._new_checker()
+                with open(self._blob.temp_path, "rb") as handle:
+                    while chunk := handle.read(1 << 20):
+                        self._checker.feed(chunk)
+            report = self._checker.finish().model_dump(mode="json")
+        file_id = new_id("file-")
+        created = now_ns()
+        expires = expires_after.seconds if expires_after else (BATCH_DEFAULT_EXPIRY_S if purpose == "batch" else None)
+        self._blob.commit(file_id)
+        row = StoredFile(
+            id=file_id,
+            project_id=project_id,
+            purpose=purpose,
+            filename=clean_filename(filename),
+            bytes=self._blob.size,
+            sha256=self._blob.sha256,
+            storage_key=file_id,
+            status="processed",
+            status_details=_blocking_message(report),
+            created_ns=created,
+            expires_at=ns_to_s(created) + expires if expires else None,
+            data_format=report["format"] if report else None,
+            n_examples=report["n_examples"] if report else None,
+            report=report,
+        )
+        try:
+            session.add(row)
+            session.flush()
+        except BaseException:
+            storage.delete(file_id)
+            raise
+        return row
+
+
+def _blocking_message(report: dict[str, Any] | None) -> str | None:
+    if report is None or report.get("can_train"):
+        return None
+    blocking = report.get("blocking_error") or {}
+    return str(blocking.get("message")) if blocking.get("message") else None
+
+
+def store_internal_file(
+    session: Session, storage: BlobStore, project_id: str, purpose: str, filename: str, data: bytes
+) -> StoredFile:
+    """Files the platform writes itself, e.g. a job's metrics CSV (purpose fine-tune-results)."""
+    file_id = new_id("file-")
+    _, sha = storage.put_bytes(file_id, data)
+    row = StoredFile(
+        id=file_id, project_id=project_id, purpose=purpose, filename=clean_filename(filename), bytes=len(data),
+        sha256=sha, storage_key=file_id, status="processed", created_ns=now_ns(),
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_file(session: Session, project_id: str, file_id: str) -> StoredFile:
+    row = session.get(StoredFile, file_id)
+    if row is None or row.project_id != project_id:
+        raise not_found("File", file_id, param="id")
+    return row
+
+
+@dataclass(frozen=True)
+class FilePage:
+    items: list[StoredFile]
+    has_more: bool
+
+
+def list_files(
+    session: Session,
+    project_id: str,
+    *,
+    purpose: str | None,
+    limit: int,
+    after: str | None,
+    order: str,
+) -> FilePage:
+    query = select(StoredFile).where(StoredFile.project_id == project_id)
+    if purpose:
+        query = query.where(StoredFile.purpose == purpose)
+    sort_key = tuple_(StoredFile.created_ns, StoredFile.id)
+    if after:
+        cursor = session.get(StoredFile, after)
+        if cursor is None or cursor.project_id != project_id:
+            raise not_found("File", after, param="after")
+        bound = tuple_(cursor.created_ns, cursor.id)  # type: ignore[arg-type]
+        query = query.where(sort_key < bound if order == "desc" else sort_key > bound)
+    if order == "desc":
+        query = query.order_by(StoredFile.created_ns.desc(), StoredFile.id.desc())
+    else:
+        query = query.order_by(StoredFile.created_ns.asc(), StoredFile.id.asc())
+    rows = list(session.scalars(query.limit(limit + 1)))
+    return FilePage(items=rows[:limit], has_more=len(rows) > limit)
+
+
+def delete_file(session: Session, project_id: str, file_id: str) -> str:
+    """Delete the row and return the blob key; the caller removes the blob only after the commit.
+
+    Row first, bytes second: a crash in between leaves an orphan blob, never a row without its bytes.
+    """
+    row = get_file(session, project_id, file_id)
+    session.delete(row)
+    session.flush()
+    return row.storage_key
+
+
+def get_report(session: Session, project_id: str, file_id: str) -> dict[str, Any]:
+    row = get_file(session, project_id, file_id)
+    if row.report is None:
+        raise InvalidRequest(
+            f"File {file_id} has purpose '{row.purpose}'; dataset reports exist for purpose 'fine-tune'.",
+            param="id",
+        )
+    return row.report

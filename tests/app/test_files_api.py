@@ -1,0 +1,98 @@
+"""Files API through the official openai SDK against a real server, on SQLite and on Postgres."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.app.datasets import chat_jsonl, preference_jsonl
+from tests.conftest import Server
+
+
+def test_upload_retrieve_content_report_delete(server: Server) -> None:
+    client = server.openai("alpha")
+    data = chat_jsonl(12)
+    created = client.files.create(file=("train.jsonl", data), purpose="fine-tune")
+    assert created.id.startswith("file-") and len(created.id) == len("file-") + 24
+    assert (created.object, created.purpose, created.filename, created.bytes) == (
+        "file", "fine-tune", "train.jsonl", len(data))
+    assert created.status == "processed"
+    assert created._request_id and created._request_id.startswith("req_")
+
+    again = client.files.retrieve(created.id)
+    assert again.model_dump() == created.model_dump()
+    assert client.files.content(created.id).read() == data
+
+    report = httpx.get(f"{server.base_url}/v1/files/{created.id}/report",
+                       headers={"authorization": f"Bearer {server.key('alpha')}"}).json()
+    assert report["format"] == "chat" and report["n_examples"] == 12 and report["can_train"] is True
+
+    deleted = client.files.delete(created.id)
+    assert (deleted.id, deleted.deleted) == (created.id, True)
+    with pytest.raises(openai.NotFoundError) as err:
+        client.files.retrieve(created.id)
+    assert err.value.body["message"] == f"No such File object: {created.id}"  # type: ignore[index]
+
+
+def test_list_pagination_order_and_purpose(server: Server) -> None:
+    client = server.openai("lister")
+    ids = [client.files.create(file=(f"f{i}.jsonl", chat_jsonl(10, tag=str(i))), purpose="fine-tune").id
+           for i in range(5)]
+    batch_id = client.files.create(file=("b.jsonl", b'{"custom_id": "1"}\n'), purpose="batch").id
+
+    desc = [f.id for f in client.files.list(purpose="fine-tune", limit=2)]  # auto-paginates with `after`
+    assert desc == list(reversed(ids))
+    asc = [f.id for f in client.files.list(purpose="fine-tune", order="asc", limit=3)]
+    assert asc == ids
+    first = client.files.list(purpose="fine-tune", limit=2)
+    assert first.has_more is True and [f.id for f in first.data] == desc[:2]
+    raw = first.model_dump()
+    assert raw["first_id"] == desc[0] and raw["last_id"] == desc[1]
+    everything = [f.id for f in client.files.list()]
+    assert set(everything) == {*ids, batch_id}
+    batch = client.files.retrieve(batch_id)
+    assert batch.expires_at is not None and batch.expires_at > batch.created_at
+
+
+def test_preference_and_invalid_datasets_are_stored_with_reports(server: Server) -> None:
+    client = server.openai("alpha")
+    pref = client.files.create(file=("pref.jsonl", preference_jsonl(12)), purpose="fine-tune")
+    headers = {"authorization": f"Bearer {server.key('alpha')}"}
+    assert httpx.get(f"{server.base_url}/v1/files/{pref.id}/report", headers=headers).json()["format"] == "preference"
+
+    broken = b'{"messages": [{"role": "user", "content": "hi"}]}\nnot json\n'
+    bad = client.files.create(file=("bad.jsonl", broken), purpose="fine-tune")
+    assert client.files.content(bad.id).read() == broken  # stored even though it cannot train
+    report = httpx.get(f"{server.base_url}/v1/files/{bad.id}/report", headers=headers).json()
+    assert report["can_train"] is False
+    assert {(e["line"], e["code"]) for e in report["errors"]} >= {(1, "example_missing_assistant_message"),
+                                                                   (2, "invalid_json")}
+    assert bad.status_details  # says why it cannot train
+
+
+def test_bad_requests_use_the_error_envelope(server: Server) -> None:
+    client = server.openai("alpha")
+    with pytest.raises(openai.BadRequestError) as err:
+        client.files.create(file=("x.jsonl", chat_jsonl()), purpose="nonsense")  # type: ignore[arg-type]
+    assert err.value.param == "purpose" and err.value.type == "invalid_request_error"
+    headers = {"authorization": f"Bearer {server.key('alpha')}"}
+    missing = httpx.post(f"{server.base_url}/v1/files", headers=headers, data={"purpose": "fine-tune"},
+                         files={"other": ("a", b"x")})
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "file"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.files.create(file=("x.jsonl", chat_jsonl()), purpose="fine-tune",
+                            expires_after={"anchor": "created_at", "seconds": 5})
+    assert err.value.param == "expires_after[seconds]"
+    unknown = httpx.get(f"{server.base_url}/v1/nowhere", headers=headers)
+    assert unknown.status_code == 404 and set(unknown.json()["error"]) == {"message", "type", "param", "code"}
+    assert unknown.headers["x-request-id"].startswith("req_")
+
+
+def test_every_v1_route_needs_a_valid_key(server: Server) -> None:
+    for headers in ({}, {"authorization": "Bearer sk-tf-wrong"}, {"authorization": "Basic abc"}):
+        response = httpx.get(f"{server.base_url}/v1/files", headers=headers)
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="sk-tf-nope").files.list()

@@ -1,0 +1,169 @@
+"""`tuneforge` command line: the composition root that wires API, worker and inference together."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.core.settings import Settings, get_settings
+
+cli = typer.Typer(help="TuneForge: self-hosted, OpenAI-compatible fine-tuning.", no_args_is_help=True)
+keys_cli = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Data directory (also TUNEFORGE_DATA_DIR; default ./data).")
+]
+
+
+def load_settings(data_dir: Path | None = None) -> Settings:
+    """Settings from the environment; --data-dir wins and is exported so child processes agree."""
+    if data_dir is not None:
+        os.environ["TUNEFORGE_DATA_DIR"] = str(data_dir.expanduser().resolve())
+    get_settings.cache_clear()
+    try:
+        return get_settings()
+    except Exception as exc:  # pydantic's message names the bad variable
+        typer.echo(f"invalid settings: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def prepare(settings: Settings) -> None:
+    """Create folders and bring the schema to head."""
+    from app.db.migrate import upgrade
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+
+
+@cli.command()
+def migrate(data_dir: DataDir = None) -> None:
+    """Apply database migrations (Alembic) to TUNEFORGE_DATABASE_URL."""
+    settings = load_settings(data_dir)
+    prepare(settings)
+    typer.echo(f"database at head: {_redact(settings.resolved_database_url)}")
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Run the API on the embedded default: SQLite, local blobs, no other server needed."""
+    import uvicorn
+
+    from app.core.storage import BlobStore
+    from app.main import create_app
+
+    settings = load_settings(data_dir)
+    prepare(settings)
+    BlobStore(settings.resolved_storage_dir).sweep_incoming()
+    host = host or settings.host
+    port = port or settings.port
+    app = create_app(settings)
+    typer.echo(f"TuneForge listening on http://{host}:{port}  (OpenAI base_url: http://{host}:{port}/v1)")
+    typer.echo(f"data dir: {settings.data_dir}  database: {_redact(settings.resolved_database_url)}")
+    typer.echo(f"create an API key:  tuneforge keys create --project demo --data-dir {settings.data_dir}")
+    sys.stdout.flush()
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+@cli.command()
+def api(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Uvicorn worker processes.")] = 1,
+) -> None:
+    """Run only the HTTP API (cluster mode: Postgres, Redis, separate workers)."""
+    import uvicorn
+
+    settings = load_settings()
+    typer.echo(f"TuneForge API on http://{host}:{port}  database: {_redact(settings.resolved_database_url)}")
+    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, log_level="info")
+
+
+@keys_cli.command("create")
+def keys_create(
+    project: Annotated[str, typer.Option("--project", help="Project name; created if missing.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Create a key; the secret is printed once, alone on the last line."""
+    from app.db.session import Database
+    from app.usecases.keys import create_key
+
+    settings = load_settings(data_dir)
+    prepare(settings)
+    db = Database(settings.resolved_database_url)
+    with db.session() as session:
+        created = create_key(session, project)
+    db.dispose()
+    typer.echo(f"project {created.project_name} ({created.project_id}), key id {created.key_id}")
+    typer.echo("store this key now; it is shown only once:")
+    typer.echo(created.secret)
+
+
+@keys_cli.command("list")
+def keys_list(
+    project: Annotated[str | None, typer.Option("--project", help="Only this project's keys.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """List keys (ids and masked secrets, never the secrets)."""
+    from app.db.session import Database
+    from app.usecases.keys import list_keys
+
+    settings = load_settings(data_dir)
+    prepare(settings)
+    db = Database(settings.resolved_database_url)
+    with db.session() as session:
+        rows = list_keys(session, project)
+        for key, proj in rows:
+            status = "revoked" if key.revoked_ns else "active"
+            typer.echo(f"{key.id}\t{proj.name}\t{key.display}\t{status}")
+    db.dispose()
+
+
+@keys_cli.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="Key id as shown by `keys list`.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Revoke a key; the next request with it gets 401."""
+    from app.core.errors import TuneForgeError
+    from app.db.session import Database
+    from app.usecases.keys import revoke_key
+
+    settings = load_settings(data_dir)
+    prepare(settings)
+    db = Database(settings.resolved_database_url)
+    try:
+        with db.session() as session:
+            revoke_key(session, key_id)
+    except TuneForgeError as exc:
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        db.dispose()
+    typer.echo(f"revoked {key_id}")
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a database URL before printing it."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+    return url
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()
