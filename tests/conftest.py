@@ -16,7 +16,9 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-POSTGRES_URL = os.environ.get("TUNEFORGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get(
+    "TUNEFORGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 REDIS_URL = os.environ.get("TUNEFORGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE_SERVICES = os.environ.get("TUNEFORGE_REQUIRE_SERVICES") == "1"
 
@@ -32,7 +34,7 @@ def _reachable(url: str, default_port: int) -> bool:
 
 
 def require_service(name: str, url: str, default_port: int) -> None:
-    """Skip with a visible reason when a server is missing; in CI (TUNEFORGE_REQUIRE_SERVICES=1) fail instead."""
+    """Skip with a visible reason when a server is missing; in CI (TUNEFORGE_REQUIRE_SERVICES=1) fail."""
     if _reachable(url, default_port):
         return
     message = f"{name} not reachable at {url}; start it (see .ci/run) to run this half of the suite"
@@ -78,7 +80,8 @@ def _fresh_postgres(admin_url: str) -> Iterator[str]:
     finally:
         with admin.connect() as conn:
             conn.execute(
-                sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name}
+                sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                {"n": name},
             )
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
         admin.dispose()
@@ -102,7 +105,11 @@ class Server:
     def create_key(self, project: str) -> str:
         out = subprocess.run(
             tuneforge_cmd("keys", "create", "--project", project, "--data-dir", str(self.data_dir)),
-            env=self.env, capture_output=True, text=True, check=True, timeout=120,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
         )
         return out.stdout.strip().splitlines()[-1]
 
@@ -131,9 +138,15 @@ class Server:
             self.process.wait()
 
 
-def start_server(data_dir: Path, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> Server:
+def start_server(
+    data_dir: Path, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+) -> Server:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFORGE_") or k.startswith("TUNEFORGE_TEST")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TUNEFORGE_") or k.startswith("TUNEFORGE_TEST")
+    }
     env.update({"TUNEFORGE_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"})
     env.update(extra_env or {})
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -141,7 +154,10 @@ def start_server(data_dir: Path, extra_env: dict[str, str] | None = None, args: 
     log = open(log_path, "wb")  # noqa: SIM115  (the child owns it)
     process = subprocess.Popen(
         tuneforge_cmd("serve", "--host", "127.0.0.1", "--port", str(port), *args),
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(data_dir),
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=str(data_dir),
     )
     server = Server(f"http://127.0.0.1:{port}", data_dir, env, process, log_path)
     deadline = time.monotonic() + 120
@@ -159,7 +175,9 @@ def start_server(data_dir: Path, extra_env: dict[str, str] | None = None, args: 
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
     """Settings for each way to run: the embedded default, and Postgres + Redis."""
     if request.param == "sqlite":
         yield {}

@@ -16,12 +16,16 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TUNEFORGE_", extra="ignore", validate_default=True)
 
-    data_dir: Path = Field(default=Path("./data"), description="Root of the embedded database, blobs and models.")
+    data_dir: Path = Field(
+        default=Path("./data"), description="Root of the embedded database, blobs and models."
+    )
     database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL; default is SQLite under data_dir. Postgres: postgresql+psycopg://..."
+        default=None,
+        description="SQLAlchemy URL; default is SQLite under data_dir. Postgres: postgresql+psycopg://...",
     )
     broker_url: str | None = Field(
-        default=None, description="Celery broker URL; default is a serverless filesystem transport under data_dir."
+        default=None,
+        description="Celery broker URL; default is a serverless filesystem transport under data_dir.",
     )
     storage_dir: Path | None = Field(default=None, description="Blob storage root; default data_dir/blobs.")
     host: str = "127.0.0.1"
@@ -31,10 +35,14 @@ class Settings(BaseSettings):
     # Upload and dataset-check limits.
     max_upload_bytes: int = Field(default=512 * MiB, ge=1, description="Largest accepted file upload.")
     upload_drain_bytes: int = Field(
-        default=64 * MiB, ge=0, description="After the cap, read and discard this much before dropping the connection."
+        default=64 * MiB,
+        ge=0,
+        description="After the cap, read and discard this much before dropping the connection.",
     )
     max_line_bytes: int = Field(default=MiB, ge=64, description="Longest accepted JSONL line.")
-    max_report_errors: int = Field(default=100, ge=1, le=10_000, description="Errors listed in a dataset report.")
+    max_report_errors: int = Field(
+        default=100, ge=1, le=10_000, description="Errors listed in a dataset report."
+    )
     min_examples: int = Field(default=10, ge=1, description="Fewest examples a training file may have.")
     max_json_body_bytes: int = Field(default=4 * MiB, ge=1024, description="Largest JSON request body.")
     list_limit_max: int = Field(default=10_000, ge=1)

@@ -17,7 +17,9 @@ log = logging.getLogger("tuneforge.http")
 _STATUS_TYPES = {401: "invalid_request_error", 404: "invalid_request_error", 405: "invalid_request_error"}
 
 
-def envelope(message: str, error_type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+def envelope(
+    message: str, error_type: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
@@ -25,7 +27,7 @@ def request_id_of(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", ""))
 
 
-def _param_from_loc(loc: tuple[Any, ...] | list[Any]) -> str | None:
+def _param_from_loc(loc: Any) -> str | None:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
     return ".".join(parts) or None
 
@@ -36,7 +38,9 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, RateLimited):
         headers["retry-after"] = f"{exc.retry_after:g}"
     return JSONResponse(
-        envelope(exc.message, exc.error_type, exc.param, exc.code), status_code=exc.status_code, headers=headers
+        envelope(exc.message, exc.error_type, exc.param, exc.code),
+        status_code=exc.status_code,
+        headers=headers,
     )
 
 

@@ -48,7 +48,9 @@ def parse_expires_after(anchor: str | None, seconds: str | None) -> ExpiresAfter
     try:
         value = int(seconds or "")
     except ValueError:
-        raise InvalidRequest("expires_after[seconds] must be an integer.", param="expires_after[seconds]") from None
+        raise InvalidRequest(
+            "expires_after[seconds] must be an integer.", param="expires_after[seconds]"
+        ) from None
     if not EXPIRY_MIN_S <= value <= EXPIRY_MAX_S:
         raise InvalidRequest(
             f"expires_after[seconds] must be between {EXPIRY_MIN_S} and {EXPIRY_MAX_S}.",
@@ -123,7 +125,11 @@ class FileUpload:
             report = self._checker.finish().model_dump(mode="json")
         file_id = new_id("file-")
         created = now_ns()
-        expires = expires_after.seconds if expires_after else (BATCH_DEFAULT_EXPIRY_S if purpose == "batch" else None)
+        expires = (
+            expires_after.seconds
+            if expires_after
+            else (BATCH_DEFAULT_EXPIRY_S if purpose == "batch" else None)
+        )
         self._blob.commit(file_id)
         row = StoredFile(
             id=file_id,
@@ -164,8 +170,15 @@ def store_internal_file(
     file_id = new_id("file-")
     _, sha = storage.put_bytes(file_id, data)
     row = StoredFile(
-        id=file_id, project_id=project_id, purpose=purpose, filename=clean_filename(filename), bytes=len(data),
-        sha256=sha, storage_key=file_id, status="processed", created_ns=now_ns(),
+        id=file_id,
+        project_id=project_id,
+        purpose=purpose,
+        filename=clean_filename(filename),
+        bytes=len(data),
+        sha256=sha,
+        storage_key=file_id,
+        status="processed",
+        created_ns=now_ns(),
     )
     session.add(row)
     session.flush()

@@ -16,7 +16,11 @@ def test_upload_retrieve_content_report_delete(server: Server) -> None:
     created = client.files.create(file=("train.jsonl", data), purpose="fine-tune")
     assert created.id.startswith("file-") and len(created.id) == len("file-") + 24
     assert (created.object, created.purpose, created.filename, created.bytes) == (
-        "file", "fine-tune", "train.jsonl", len(data))
+        "file",
+        "fine-tune",
+        "train.jsonl",
+        len(data),
+    )
     assert created.status == "processed"
     assert created._request_id and created._request_id.startswith("req_")
 
@@ -24,8 +28,10 @@ def test_upload_retrieve_content_report_delete(server: Server) -> None:
     assert again.model_dump() == created.model_dump()
     assert client.files.content(created.id).read() == data
 
-    report = httpx.get(f"{server.base_url}/v1/files/{created.id}/report",
-                       headers={"authorization": f"Bearer {server.key('alpha')}"}).json()
+    report = httpx.get(
+        f"{server.base_url}/v1/files/{created.id}/report",
+        headers={"authorization": f"Bearer {server.key('alpha')}"},
+    ).json()
     assert report["format"] == "chat" and report["n_examples"] == 12 and report["can_train"] is True
 
     deleted = client.files.delete(created.id)
@@ -37,8 +43,10 @@ def test_upload_retrieve_content_report_delete(server: Server) -> None:
 
 def test_list_pagination_order_and_purpose(server: Server) -> None:
     client = server.openai("lister")
-    ids = [client.files.create(file=(f"f{i}.jsonl", chat_jsonl(10, tag=str(i))), purpose="fine-tune").id
-           for i in range(5)]
+    ids = [
+        client.files.create(file=(f"f{i}.jsonl", chat_jsonl(10, tag=str(i))), purpose="fine-tune").id
+        for i in range(5)
+    ]
     batch_id = client.files.create(file=("b.jsonl", b'{"custom_id": "1"}\n'), purpose="batch").id
 
     desc = [f.id for f in client.files.list(purpose="fine-tune", limit=2)]  # auto-paginates with `after`
@@ -59,15 +67,20 @@ def test_preference_and_invalid_datasets_are_stored_with_reports(server: Server)
     client = server.openai("alpha")
     pref = client.files.create(file=("pref.jsonl", preference_jsonl(12)), purpose="fine-tune")
     headers = {"authorization": f"Bearer {server.key('alpha')}"}
-    assert httpx.get(f"{server.base_url}/v1/files/{pref.id}/report", headers=headers).json()["format"] == "preference"
+    assert (
+        httpx.get(f"{server.base_url}/v1/files/{pref.id}/report", headers=headers).json()["format"]
+        == "preference"
+    )
 
     broken = b'{"messages": [{"role": "user", "content": "hi"}]}\nnot json\n'
     bad = client.files.create(file=("bad.jsonl", broken), purpose="fine-tune")
     assert client.files.content(bad.id).read() == broken  # stored even though it cannot train
     report = httpx.get(f"{server.base_url}/v1/files/{bad.id}/report", headers=headers).json()
     assert report["can_train"] is False
-    assert {(e["line"], e["code"]) for e in report["errors"]} >= {(1, "example_missing_assistant_message"),
-                                                                   (2, "invalid_json")}
+    assert {(e["line"], e["code"]) for e in report["errors"]} >= {
+        (1, "example_missing_assistant_message"),
+        (2, "invalid_json"),
+    }
     assert bad.status_details  # says why it cannot train
 
 
@@ -77,12 +90,19 @@ def test_bad_requests_use_the_error_envelope(server: Server) -> None:
         client.files.create(file=("x.jsonl", chat_jsonl()), purpose="nonsense")  # type: ignore[arg-type]
     assert err.value.param == "purpose" and err.value.type == "invalid_request_error"
     headers = {"authorization": f"Bearer {server.key('alpha')}"}
-    missing = httpx.post(f"{server.base_url}/v1/files", headers=headers, data={"purpose": "fine-tune"},
-                         files={"other": ("a", b"x")})
+    missing = httpx.post(
+        f"{server.base_url}/v1/files",
+        headers=headers,
+        data={"purpose": "fine-tune"},
+        files={"other": ("a", b"x")},
+    )
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "file"
     with pytest.raises(openai.BadRequestError) as err:
-        client.files.create(file=("x.jsonl", chat_jsonl()), purpose="fine-tune",
-                            expires_after={"anchor": "created_at", "seconds": 5})
+        client.files.create(
+            file=("x.jsonl", chat_jsonl()),
+            purpose="fine-tune",
+            expires_after={"anchor": "created_at", "seconds": 5},
+        )
     assert err.value.param == "expires_after[seconds]"
     unknown = httpx.get(f"{server.base_url}/v1/nowhere", headers=headers)
     assert unknown.status_code == 404 and set(unknown.json()["error"]) == {"message", "type", "param", "code"}

@@ -9,7 +9,7 @@ import httpx
 from tests.app.datasets import chat_jsonl
 from tests.conftest import Server
 
-# How to make an object of each kind owned by project "owner"; every id-bearing route must map to one of these.
+# Which object kind fills each path parameter; every id-bearing route must be listed here.
 ID_KINDS = {"file_id": "file"}
 
 
@@ -51,7 +51,12 @@ def test_foreign_ids_answer_404_like_missing_ids(server: Server) -> None:
         shape = foreign.json()["error"]
         expected = missing.json()["error"]
         assert shape["message"].replace(real.split("/")[3], "ID") == expected["message"].replace(
-            fake.split("/")[3], "ID"), (method, path)
-        assert (shape["type"], shape["code"], shape["param"]) == (expected["type"], expected["code"], expected["param"])
+            fake.split("/")[3], "ID"
+        ), (method, path)
+        assert (shape["type"], shape["code"], shape["param"]) == (
+            expected["type"],
+            expected["code"],
+            expected["param"],
+        )
     # The owner still sees its objects untouched (the intruder's DELETE did nothing).
     assert httpx.get(f"{server.base_url}/v1/files/{owned['file']}", headers=owner).status_code == 200

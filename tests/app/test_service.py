@@ -1,4 +1,4 @@
-"""Service plumbing: probes, request ids, the 500 envelope, settings, keys CLI, migrations on both databases."""
+"""Service plumbing: probes, request ids, the 500 envelope, settings, keys CLI, migrations."""
 
 from __future__ import annotations
 
@@ -43,30 +43,47 @@ def test_ready_is_503_when_the_queue_is_unreachable(tmp_path: Path) -> None:
     assert client.get("/health").status_code == 200
 
 
-def test_unexpected_error_is_a_500_envelope_without_traceback(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_unexpected_error_is_a_500_envelope_without_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     client = _local_app(tmp_path)
     with caplog.at_level(logging.ERROR):
         response = client.post("/v1/boom")
     assert response.status_code == 500
     error = response.json()["error"]
-    assert error["type"] == "server_error" and "Traceback" not in response.text and "/etc/passwd" not in response.text
+    assert (
+        error["type"] == "server_error"
+        and "Traceback" not in response.text
+        and "/etc/passwd" not in response.text
+    )
     request_id = response.headers["x-request-id"]
     assert request_id in error["message"] and request_id in caplog.text
-    assert response.headers["x-should-retry"] == "false"  # the SDK must not retry a POST that may have committed
+    assert (
+        response.headers["x-should-retry"] == "false"
+    )  # the SDK must not retry a POST that may have committed
 
 
 def test_json_body_cap_is_a_setting(tmp_path: Path) -> None:
     client = _local_app(tmp_path, max_json_body_bytes=2048)
-    response = client.post("/v1/boom", content=b'{"x": "' + b"a" * 4096 + b'"}',
-                           headers={"content-type": "application/json"})
+    response = client.post(
+        "/v1/boom", content=b'{"x": "' + b"a" * 4096 + b'"}', headers={"content-type": "application/json"}
+    )
     assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
 
 
 def test_invalid_settings_fail_fast(tmp_path: Path) -> None:
-    for env in ({"TUNEFORGE_MAX_UPLOAD_BYTES": "-5"}, {"TUNEFORGE_DATABASE_URL": "mysql://x"},
-                {"TUNEFORGE_PORT": "notaport"}):
-        result = subprocess.run(tuneforge_cmd("migrate", "--data-dir", str(tmp_path)), env={**_base_env(), **env},
-                                capture_output=True, text=True, timeout=120)
+    for env in (
+        {"TUNEFORGE_MAX_UPLOAD_BYTES": "-5"},
+        {"TUNEFORGE_DATABASE_URL": "mysql://x"},
+        {"TUNEFORGE_PORT": "notaport"},
+    ):
+        result = subprocess.run(
+            tuneforge_cmd("migrate", "--data-dir", str(tmp_path)),
+            env={**_base_env(), **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 2, result
         name = next(iter(env)).removeprefix("TUNEFORGE_").lower()
         assert name in result.stderr
@@ -81,20 +98,37 @@ def _base_env() -> dict[str, str]:
 def test_keys_cli_create_list_revoke(server: Server) -> None:
     secret = server.create_key("keyproj")
     assert secret.startswith("sk-tf-") and len(secret) > 40
-    listing = subprocess.run(tuneforge_cmd("keys", "list", "--project", "keyproj", "--data-dir", str(server.data_dir)),
-                             env=server.env, capture_output=True, text=True, check=True, timeout=120).stdout
+    listing = subprocess.run(
+        tuneforge_cmd("keys", "list", "--project", "keyproj", "--data-dir", str(server.data_dir)),
+        env=server.env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
     assert secret not in listing and "keyproj" in listing
     key_id = listing.strip().splitlines()[-1].split("\t")[0]
     headers = {"authorization": f"Bearer {secret}"}
     assert httpx.get(f"{server.base_url}/v1/files", headers=headers).status_code == 200
-    subprocess.run(tuneforge_cmd("keys", "revoke", key_id, "--data-dir", str(server.data_dir)),
-                   env=server.env, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        tuneforge_cmd("keys", "revoke", key_id, "--data-dir", str(server.data_dir)),
+        env=server.env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     assert httpx.get(f"{server.base_url}/v1/files", headers=headers).status_code == 401
 
 
 def test_keys_are_stored_only_as_hashes(tmp_path: Path) -> None:
-    result = subprocess.run(tuneforge_cmd("keys", "create", "--project", "p1", "--data-dir", str(tmp_path)),
-                            env=_base_env(), capture_output=True, text=True, check=True, timeout=120)
+    result = subprocess.run(
+        tuneforge_cmd("keys", "create", "--project", "p1", "--data-dir", str(tmp_path)),
+        env=_base_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     secret = result.stdout.strip().splitlines()[-1]
     raw = (tmp_path / "tuneforge.db").read_bytes()
     assert secret.encode() not in raw and secret[6:].encode() not in raw
@@ -108,7 +142,9 @@ def _schema(url: str) -> dict[str, set[str]]:
     return schema
 
 
-def test_migrations_create_the_same_schema_on_sqlite_and_postgres(tmp_path: Path, fresh_postgres_db: str) -> None:
+def test_migrations_create_the_same_schema_on_sqlite_and_postgres(
+    tmp_path: Path, fresh_postgres_db: str
+) -> None:
     sqlite_url = f"sqlite:///{tmp_path / 'm.db'}"
     upgrade(sqlite_url)
     upgrade(fresh_postgres_db)

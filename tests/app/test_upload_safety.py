@@ -20,17 +20,22 @@ CAP = 2 * MiB
 def capped_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     handle = start_server(
         tmp_path_factory.mktemp("capped"),
-        {"TUNEFORGE_MAX_UPLOAD_BYTES": str(CAP), "TUNEFORGE_UPLOAD_DRAIN_BYTES": str(512 * MiB),
-         "TUNEFORGE_MAX_LINE_BYTES": "4096"},
+        {
+            "TUNEFORGE_MAX_UPLOAD_BYTES": str(CAP),
+            "TUNEFORGE_UPLOAD_DRAIN_BYTES": str(512 * MiB),
+            "TUNEFORGE_MAX_LINE_BYTES": "4096",
+        },
     )
     yield handle
     handle.stop()
 
 
 def _multipart_stream(boundary: str, total: int) -> Iterator[bytes]:
-    yield (f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
-           f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n'
-           "Content-Type: application/octet-stream\r\n\r\n").encode()
+    yield (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
     line = b'{"messages": [{"role": "user", "content": "' + b"a" * 1000 + b'"}]}\n'
     block = line * (MiB // len(line))
     sent = 0
@@ -47,8 +52,12 @@ def _stored_files(server: Server) -> list[Path]:
 
 def test_upload_past_the_cap_is_413_with_no_leftovers_and_flat_memory(capped_server: Server) -> None:
     headers = {"authorization": f"Bearer {capped_server.key('alpha')}"}
-    small = httpx.post(f"{capped_server.base_url}/v1/files", headers=headers, data={"purpose": "fine-tune"},
-                       files={"file": ("ok.jsonl", chat_jsonl())})
+    small = httpx.post(
+        f"{capped_server.base_url}/v1/files",
+        headers=headers,
+        data={"purpose": "fine-tune"},
+        files={"file": ("ok.jsonl", chat_jsonl())},
+    )
     assert small.status_code == 200
     before_files = _stored_files(capped_server)
     rss_before = capped_server.peak_rss_kib()
@@ -85,8 +94,17 @@ def test_line_length_cap_is_a_setting(capped_server: Server) -> None:
     assert report["errors"][0]["line"] == 1 and report["errors"][0]["code"] == "line_too_long"
 
 
-@pytest.mark.parametrize("name", ["../../../../etc/evil.jsonl", "..\\..\\evil.jsonl", "/tmp/evil.jsonl",
-                                  "..", "a/../../b.jsonl", "\x00evil\u202e.jsonl"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../../../../etc/evil.jsonl",
+        "..\\..\\evil.jsonl",
+        "/tmp/evil.jsonl",
+        "..",
+        "a/../../b.jsonl",
+        "\x00evil\u202e.jsonl",
+    ],
+)
 def test_client_filename_never_becomes_a_path(server: Server, name: str) -> None:
     client = server.openai("alpha")
     created = client.files.create(file=(name, chat_jsonl()), purpose="fine-tune")

@@ -56,7 +56,9 @@ async def create_file(
 
         def store() -> dict[str, Any]:
             with state.db.session() as session:
-                row = upload.finish(session, state.storage, caller.project_id, purpose, form.filename, expires)
+                row = upload.finish(
+                    session, state.storage, caller.project_id, purpose, form.filename, expires
+                )
                 return file_object(row)
 
         return await anyio.to_thread.run_sync(store)
@@ -130,7 +132,7 @@ def file_content(
 def file_report(
     file_id: str, state: AppState = Depends(get_state), caller: Caller = Depends(get_caller)
 ) -> dict[str, Any]:
-    """TuneForge extension: the dataset check of a fine-tune file (format, counts, errors with line numbers)."""
+    """TuneForge extension: the dataset check of a fine-tune file (format, counts, errors by line)."""
     with state.db.session() as session:
         report = files_uc.get_report(session, caller.project_id, file_id)
     return {"object": "file.report", "id": file_id, **report}
