@@ -10,9 +10,11 @@ from app.core.queue import broker_reachable
 from app.core.settings import Settings, get_settings
 from app.core.storage import BlobStore
 from app.db.session import Database
+from app.gateway.backends import BackendRegistry
+from app.gateway.limits import KeyConcurrency
 from app.http.errors import install_error_handlers
 from app.http.middleware import JsonBodyLimitMiddleware, RequestIdMiddleware
-from app.http.routes import files, health
+from app.http.routes import files, health, inference, models
 from app.http.state import AppState
 
 API_DESCRIPTION = """OpenAI-compatible fine-tuning API.
@@ -27,7 +29,13 @@ def create_app(settings: Settings | None = None, extra_routers: list[APIRouter] 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     db = Database(settings.resolved_database_url)
     storage = BlobStore(settings.resolved_storage_dir)
-    state = AppState(settings=settings, db=db, storage=storage)
+    state = AppState(
+        settings=settings,
+        db=db,
+        storage=storage,
+        backends=BackendRegistry(settings),
+        inference_limits=KeyConcurrency(settings.max_concurrent_requests_per_key),
+    )
     state.ready_checks.append(lambda: ("queue", broker_reachable(settings)))
 
     app = FastAPI(title="TuneForge", version="0.1.0", description=API_DESCRIPTION)
@@ -35,6 +43,8 @@ def create_app(settings: Settings | None = None, extra_routers: list[APIRouter] 
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(files.router)
+    app.include_router(models.router)
+    app.include_router(inference.router)
     for router in extra_routers or []:
         app.include_router(router)
     app.add_middleware(JsonBodyLimitMiddleware, max_bytes=settings.max_json_body_bytes)

@@ -26,6 +26,10 @@ class Unauthorized(TuneForgeError):
     default_code = "invalid_api_key"
 
 
+class Forbidden(TuneForgeError):
+    status_code = 403
+
+
 class NotFound(TuneForgeError):
     status_code = 404
 
@@ -62,3 +66,10 @@ class Unavailable(TuneForgeError):
 def not_found(kind: str, object_id: str, param: str | None = "id") -> NotFound:
     """Same answer for missing and foreign objects, so ids leak nothing across projects."""
     return NotFound(f"No such {kind} object: {object_id}", param=param)
+
+
+def model_not_found(model_id: str) -> NotFound:
+    """OpenAI's exact answer for an unknown (or foreign) model."""
+    return NotFound(
+        f"The model `{model_id}` does not exist or you do not have access to it.", param=None, code="model_not_found"
+    )

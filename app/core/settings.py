@@ -47,6 +47,37 @@ class Settings(BaseSettings):
     max_json_body_bytes: int = Field(default=4 * MiB, ge=1024, description="Largest JSON request body.")
     list_limit_max: int = Field(default=10_000, ge=1)
 
+    # Base models the operator offers: comma-separated names; `name=/local/dir` maps a name to a local copy.
+    base_models: str = Field(default="tiny-chat", min_length=1)
+
+    # --- jobs and workers (section owned by the jobs/worker code) ---
+    lease_seconds: float = Field(default=120.0, gt=0, description="A running job's lease; renewed by heartbeats.")
+    heartbeat_seconds: float = Field(default=15.0, gt=0, description="How often a running task renews its lease.")
+    reaper_seconds: float = Field(default=30.0, gt=0, description="How often the reaper sweeps expired leases.")
+    doorbell_resend_seconds: float = Field(
+        default=60.0, gt=0, description="Re-send the queue message of a job left queued this long."
+    )
+    max_attempts: int = Field(default=3, ge=1, le=100, description="Runs of one job before it fails for good.")
+    worker_concurrency: int = Field(default=1, ge=1, le=64, description="Jobs one worker runs at once.")
+    embedded_worker: bool = Field(default=True, description="`tuneforge serve` starts a worker child process.")
+    engine_command: str = Field(
+        default="", description="Command that runs the engine; default `<python> -m engine`."
+    )
+
+    # --- inference (section owned by the serving code) ---
+    inference_urls: str = Field(
+        default="",
+        description="Cluster mode: `base=http://host:port` pairs, comma-separated; each URL is a TuneForge inference "
+        "process or a vLLM OpenAI server with LoRA enabled. Empty: embedded inference inside `tuneforge serve`.",
+    )
+    inference_api_key: str | None = Field(default=None, description="Bearer token the API sends to inference backends.")
+    inference_timeout_s: float = Field(default=600.0, gt=0)
+    max_concurrent_requests_per_key: int = Field(default=8, ge=1, description="Concurrent inference calls per API key.")
+    max_prompt_tokens: int = Field(default=2048, ge=1, description="Longest prompt an inference request may send.")
+    max_output_tokens: int = Field(default=512, ge=1, description="Most tokens one completion may generate.")
+    max_loaded_adapters: int = Field(default=8, ge=1, description="Adapters kept in memory per base model (LRU).")
+    max_batch_size: int = Field(default=64, ge=1, description="Sequences decoded together per base model.")
+
     @field_validator("database_url", "broker_url")
     @classmethod
     def _blank_is_default(cls, value: str | None) -> str | None:
@@ -77,6 +108,25 @@ class Settings(BaseSettings):
     @property
     def resolved_storage_dir(self) -> Path:
         return self.storage_dir or self.data_dir / "blobs"
+
+    @property
+    def base_model_map(self) -> dict[str, str]:
+        """Offered base model name -> where the engine loads it from (a name, hub id or local dir)."""
+        mapping: dict[str, str] = {}
+        for item in self.base_models.split(","):
+            name, _, source = item.strip().partition("=")
+            if name:
+                mapping[name.strip()] = source.strip() or name.strip()
+        return mapping
+
+    @property
+    def inference_url_map(self) -> dict[str, str]:
+        mapping: dict[str, str] = {}
+        for item in self.inference_urls.split(","):
+            name, sep, url = item.strip().partition("=")
+            if sep and name.strip() and url.strip():
+                mapping[name.strip()] = url.strip().rstrip("/")
+        return mapping
 
     @property
     def queue_dir(self) -> Path:

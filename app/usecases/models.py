@@ -1,0 +1,105 @@
+"""Models: the operator's base models plus the caller project's fine-tuned models and checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Table, and_, select, update
+from sqlalchemy.orm import Session
+
+from app.core.errors import Forbidden, InvalidRequest, model_not_found
+from app.core.ids import now_ns, ns_to_s
+from app.core.settings import Settings
+from app.db.base import Base
+
+BASE_OWNER = "system"
+
+
+def _models_table() -> Table:
+    # The registry rows are written by the jobs code; this module only reads them (and soft-deletes).
+    return Base.metadata.tables["models"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    created: int
+    owned_by: str
+    kind: str  # "base" | "fine_tuned" | "checkpoint"
+    base_model: str
+    artifact_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class InferenceTarget:
+    """Where a chat request for `model_id` goes: a base model, optionally with an adapter on top."""
+
+    model_id: str
+    base_model: str
+    adapter_dir: str | None
+
+
+def base_models(settings: Settings) -> list[ModelInfo]:
+    infos = []
+    for name, source in settings.base_model_map.items():
+        config = Path(source) / "config.json"
+        created = int(config.stat().st_mtime) if config.exists() else 0
+        infos.append(ModelInfo(id=name, created=created, owned_by=BASE_OWNER, kind="base", base_model=name))
+    return infos
+
+
+def _project_models(
+    session: Session, project_id: str, project_name: str, model_id: str | None = None
+) -> list[ModelInfo]:
+    table = _models_table()
+    condition = and_(table.c.project_id == project_id, table.c.deleted_ns.is_(None))
+    if model_id is not None:
+        condition = and_(condition, table.c.id == model_id)
+    rows = session.execute(select(table).where(condition).order_by(table.c.created_ns, table.c.id)).mappings()
+    return [
+        ModelInfo(
+            id=row["id"],
+            created=ns_to_s(row["created_ns"]),
+            owned_by=project_name,
+            kind=row["kind"],
+            base_model=row["base_model"],
+            artifact_dir=row["artifact_dir"],
+        )
+        for row in rows
+    ]
+
+
+def list_models(session: Session, settings: Settings, project_id: str, project_name: str) -> list[ModelInfo]:
+    return base_models(settings) + _project_models(session, project_id, project_name)
+
+
+def get_model(session: Session, settings: Settings, project_id: str, project_name: str, model_id: str) -> ModelInfo:
+    for info in base_models(settings):
+        if info.id == model_id:
+            return info
+    found = _project_models(session, project_id, project_name, model_id)
+    if not found:
+        raise model_not_found(model_id)
+    return found[0]
+
+
+def delete_model(session: Session, settings: Settings, project_id: str, project_name: str, model_id: str) -> ModelInfo:
+    """Soft-delete a fine-tuned model of the caller's project; base models and checkpoints cannot be deleted."""
+    info = get_model(session, settings, project_id, project_name, model_id)
+    if info.kind == "base":
+        raise Forbidden(f"You do not have permission to delete the base model `{model_id}`.", param="model")
+    if info.kind != "fine_tuned":
+        raise InvalidRequest(f"Only fine-tuned models can be deleted; `{model_id}` is a {info.kind}.", param="model")
+    table = _models_table()
+    session.execute(
+        update(table).where(table.c.id == model_id, table.c.project_id == project_id).values(deleted_ns=now_ns())
+    )
+    return info
+
+
+def resolve_for_inference(
+    session: Session, settings: Settings, project_id: str, project_name: str, model_id: str
+) -> InferenceTarget:
+    info = get_model(session, settings, project_id, project_name, model_id)
+    return InferenceTarget(model_id=info.id, base_model=info.base_model, adapter_dir=info.artifact_dir)
