@@ -66,6 +66,11 @@ def serve(
     host = host or settings.host
     port = port or settings.port
     app = create_app(settings)
+    if settings.embedded_inference:
+        from tuneforge.embedded import mount_inference
+
+        mounted = mount_inference(app, settings)
+        typer.echo(f"inference in-process for: {', '.join(mounted) or '(none)'}")
     typer.echo(f"TuneForge listening on http://{host}:{port}  (OpenAI base_url: http://{host}:{port}/v1)")
     typer.echo(f"data dir: {settings.data_dir}  database: {_redact(settings.resolved_database_url)}")
     typer.echo(f"create an API key:  tuneforge keys create --project demo --data-dir {settings.data_dir}")
@@ -85,6 +90,26 @@ def api(
     settings = load_settings()
     typer.echo(f"TuneForge API on http://{host}:{port}  database: {_redact(settings.resolved_database_url)}")
     uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, log_level="info")
+
+
+@cli.command()
+def inference(
+    base_model: Annotated[str, typer.Option("--base-model", help="Base model name or local dir.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8001,
+    data_dir: DataDir = None,
+) -> None:
+    """Run one inference process for a base model (cluster mode); the API forwards to it by model id."""
+    import uvicorn
+
+    from serve.app import create_app as create_inference_app
+    from tuneforge.embedded import serve_settings
+
+    settings = load_settings(data_dir)
+    source = settings.base_model_map.get(base_model, base_model)
+    app = create_inference_app(source, settings.data_dir, settings=serve_settings(settings, settings.inference_api_key))
+    typer.echo(f"TuneForge inference for {base_model} on http://{host}:{port}/v1")
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 @keys_cli.command("create")

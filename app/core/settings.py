@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     max_output_tokens: int = Field(default=512, ge=1, description="Most tokens one completion may generate.")
     max_loaded_adapters: int = Field(default=8, ge=1, description="Adapters kept in memory per base model (LRU).")
     max_batch_size: int = Field(default=64, ge=1, description="Sequences decoded together per base model.")
+    embedded_inference: bool = Field(default=True, description="`tuneforge serve` runs inference in-process.")
 
     @field_validator("database_url", "broker_url")
     @classmethod

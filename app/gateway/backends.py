@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import anyio
 import httpx
 
 from app.core.errors import InvalidRequest, Unavailable
@@ -55,6 +57,8 @@ class BackendRegistry:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._backends: dict[str, Backend] = {}
+        self._factories: dict[str, Callable[[], httpx.AsyncClient]] = {}
+        self._build_lock = asyncio.Lock()
         headers = {"authorization": f"Bearer {settings.inference_api_key}"} if settings.inference_api_key else {}
         timeout = httpx.Timeout(settings.inference_timeout_s, connect=5.0)
         for base, url in settings.inference_url_map.items():
@@ -63,11 +67,22 @@ class BackendRegistry:
     def register(self, base_model: str, client: httpx.AsyncClient) -> None:
         self._backends[base_model] = Backend(base_model, client)
 
-    def get(self, base_model: str) -> Backend:
+    def register_lazy(self, base_model: str, factory: Callable[[], httpx.AsyncClient]) -> None:
+        """Build the backend on first use (loading a model takes seconds; most processes never need it)."""
+        self._factories[base_model] = factory
+
+    async def get(self, base_model: str) -> Backend:
         backend = self._backends.get(base_model)
-        if backend is None:
+        if backend is not None:
+            return backend
+        factory = self._factories.get(base_model)
+        if factory is None:
             raise Unavailable(f"No inference backend serves base model `{base_model}`.")
-        return backend
+        async with self._build_lock:
+            if base_model not in self._backends:
+                client = await anyio.to_thread.run_sync(factory)  # off the event loop: it loads weights
+                self.register(base_model, client)
+        return self._backends[base_model]
 
     def all(self) -> list[Backend]:
         return list(self._backends.values())

@@ -42,7 +42,7 @@ async def forward(
     body: dict[str, Any],
 ) -> Forwarded:
     """Send the request; the key's concurrency slot is held until the body is fully relayed or abandoned."""
-    backend = registry.get(target.base_model)
+    backend = await registry.get(target.base_model)
     limits.acquire(key_id)
     try:
         response = await _send(backend, target, path, body)

@@ -1,0 +1,296 @@
+"""Fine-tuning jobs: create, read, list, and the user-driven transitions (cancel, pause, resume, validate)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, tuple_, update
+from sqlalchemy.orm import Session
+
+from app.core.errors import InvalidRequest, not_found
+from app.core.ids import new_id, now_ns
+from app.core.settings import Settings
+from app.core.storage import BlobStore
+from app.db.models import FineTuningJob, Project, RegisteredModel, StoredFile
+from app.usecases.jobs_events import add_event
+from app.usecases.jobs_request import JobRequest
+from engine.formats import BlockingError, DatasetReport, check_method_compat, check_path
+
+ACTIVE = ("running", "pausing", "cancelling")
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def model_name(job: FineTuningJob, project_name: str) -> str:
+    """`ft:{base}:{project}:{suffix}:{id8}`; the short id comes from the job id so checkpoints share it."""
+    suffix = (job.suffix or "").replace("_", "-")
+    return f"ft:{job.base_model}:{project_name}:{suffix}:{job.id[-8:]}"
+
+
+def checkpoint_name(job: FineTuningJob, project_name: str, step: int) -> str:
+    return f"{model_name(job, project_name)}:ckpt-step-{step}"
+
+
+def project_name(session: Session, project_id: str) -> str:
+    project = session.get(Project, project_id)
+    assert project is not None
+    return project.name
+
+
+def _resolve_model(session: Session, settings: Settings, project_id: str, model: str) -> tuple[str, str | None]:
+    """(base model, init_from adapter dir) for an offered base model or this project's fine-tuned model."""
+    if model in settings.base_model_map:
+        return model, None
+    row = session.get(RegisteredModel, model)
+    if row is not None and row.project_id == project_id and row.deleted_ns is None:
+        return row.base_model, row.artifact_dir
+    raise InvalidRequest(
+        f"Model {model} is not available for fine-tuning or does not exist.",
+        param="model",
+        code="model_not_available",
+    )
+
+
+def _check_file(session: Session, project_id: str, file_id: str, param: str) -> StoredFile:
+    row = session.get(StoredFile, file_id)
+    if row is None or row.project_id != project_id:
+        raise InvalidRequest(f"invalid {param}: {file_id}", param=param, code="invalid_file")
+    if row.purpose != "fine-tune":
+        raise InvalidRequest(
+            f"File {file_id} has purpose '{row.purpose}', but {param} needs a file with purpose 'fine-tune'.",
+            param=param,
+            code="invalid_file_purpose",
+        )
+    return row
+
+
+def create_job(
+    session: Session, settings: Settings, project_id: str, request: JobRequest, *, job_id: str | None = None
+) -> FineTuningJob:
+    """Insert the job in `validating_files`; the caller validates and rings the doorbell after commit."""
+    base_model, init_from = _resolve_model(session, settings, project_id, request.model)
+    _check_file(session, project_id, request.training_file, "training_file")
+    if request.validation_file:
+        _check_file(session, project_id, request.validation_file, "validation_file")
+    job = FineTuningJob(
+        id=job_id or new_id("ftjob-"),
+        project_id=project_id,
+        status="validating_files",
+        model=request.model,
+        base_model=base_model,
+        init_from=init_from,
+        training_file=request.training_file,
+        validation_file=request.validation_file,
+        method=request.method,
+        resolved=None,
+        seed=request.seed,
+        suffix=request.suffix,
+        metadata_=request.metadata,
+        integrations=request.integrations,
+        result_files=[],
+        created_ns=now_ns(),
+        attempt=0,
+        max_attempts=settings.max_attempts,
+        cancel_requested=False,
+        pause_requested=False,
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, "created", f"Created fine-tuning job: {job.id}", data={})
+    files = f"Validating training file: {job.training_file}"
+    if job.validation_file:
+        files += f" and validation file: {job.validation_file}"
+    add_event(session, job.id, "validating", files, data={})
+    return job
+
+
+def get_job(session: Session, project_id: str, job_id: str) -> FineTuningJob:
+    row = session.get(FineTuningJob, job_id)
+    if row is None or row.project_id != project_id:
+        raise not_found("fine_tuning.job", job_id, param="fine_tuning_job_id")
+    return row
+
+
+def _file_error(
+    settings: Settings, storage: BlobStore, row: StoredFile, method_type: str, param: str
+) -> BlockingError | None:
+    """Why this file cannot train (format, example count, method mismatch), naming lines; None if it can."""
+    report = DatasetReport.model_validate(row.report) if row.report else None
+    if param == "validation_file" and (report is None or not report.can_train):
+        # Re-check as a validation file: its own error code, and any example count of at least one.
+        report = check_path(
+            storage.path_for(row.storage_key),
+            max_line_bytes=settings.max_line_bytes,
+            max_errors=settings.max_report_errors,
+            min_examples=1,
+            param="validation_file",
+        )
+    elif report is None:
+        report = check_path(
+            storage.path_for(row.storage_key),
+            max_line_bytes=settings.max_line_bytes,
+            max_errors=settings.max_report_errors,
+            min_examples=settings.min_examples,
+        )
+    if report.blocking_error is not None:
+        return report.blocking_error
+    return check_method_compat(report, method_type, param=param, file_id=row.id)  # type: ignore[arg-type]
+
+
+def validate_job(session: Session, settings: Settings, storage: BlobStore, job_id: str) -> str | None:
+    """Move a `validating_files` job to `queued` or `failed`; returns the new status (None if it moved on)."""
+    job = session.get(FineTuningJob, job_id)
+    if job is None or job.status != "validating_files":
+        return None
+    method_type = str(job.method["type"])
+    error: BlockingError | None = None
+    for file_id, param in ((job.training_file, "training_file"), (job.validation_file, "validation_file")):
+        if file_id is None:
+            continue
+        row = session.get(StoredFile, file_id)
+        if row is None:
+            kind = "validation" if param == "validation_file" else "training"
+            error = BlockingError(
+                code=f"invalid_{kind}_file",  # type: ignore[arg-type]
+                message=f"The job failed due to an invalid {kind} file. File {file_id} no longer exists.",
+                param=param,  # type: ignore[arg-type]
+            )
+        else:
+            error = _file_error(settings, storage, row, method_type, param)
+        if error is not None:
+            break
+    now = now_ns()
+    new_status = "failed" if error else "queued"
+    values: dict[str, Any] = {"status": new_status}
+    if error:
+        values.update(error=error.model_dump(), finished_ns=now)
+    else:
+        values.update(enqueued_ns=now)
+    moved = session.execute(
+        update(FineTuningJob)
+        .where(FineTuningJob.id == job_id, FineTuningJob.status == "validating_files")
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if moved.rowcount == 0:  # type: ignore[attr-defined]
+        return None  # cancelled meanwhile
+    if error:
+        add_event(session, job_id, "failed", error.message, level="error", data={"code": error.code})
+    else:
+        add_event(session, job_id, "validated", "Files validated, moving job to queued state", data={})
+    return new_status
+
+
+@dataclass(frozen=True)
+class JobPage:
+    items: list[FineTuningJob]
+    has_more: bool
+
+
+def _metadata_matches(job: FineTuningJob, wanted: dict[str, str] | None, null_only: bool) -> bool:
+    if null_only:
+        return job.metadata_ is None
+    if not wanted:
+        return True
+    have = job.metadata_ or {}
+    return all(have.get(k) == v for k, v in wanted.items())
+
+
+def list_jobs(
+    session: Session,
+    project_id: str,
+    *,
+    after: str | None,
+    limit: int,
+    metadata: dict[str, str] | None = None,
+    metadata_null: bool = False,
+) -> JobPage:
+    """Newest first; metadata filters are applied while scanning so pages stay exact."""
+    query = select(FineTuningJob).where(FineTuningJob.project_id == project_id)
+    key = tuple_(FineTuningJob.created_ns, FineTuningJob.id)
+    if after:
+        cursor = session.get(FineTuningJob, after)
+        if cursor is None or cursor.project_id != project_id:
+            raise not_found("fine_tuning.job", after, param="after")
+        query = query.where(key < tuple_(cursor.created_ns, cursor.id))  # type: ignore[arg-type]
+    query = query.order_by(FineTuningJob.created_ns.desc(), FineTuningJob.id.desc())
+    if not metadata and not metadata_null:
+        rows = list(session.scalars(query.limit(limit + 1)))
+        return JobPage(items=rows[:limit], has_more=len(rows) > limit)
+    found: list[FineTuningJob] = []
+    for job in session.scalars(query.execution_options(yield_per=200)):
+        if _metadata_matches(job, metadata, metadata_null):
+            found.append(job)
+            if len(found) > limit:
+                break
+    return JobPage(items=found[:limit], has_more=len(found) > limit)
+
+
+def _transition(session: Session, job: FineTuningJob, from_status: str, **values: Any) -> bool:
+    """Guarded transition: applies only if the job is still in `from_status`."""
+    moved = session.execute(
+        update(FineTuningJob)
+        .where(FineTuningJob.id == job.id, FineTuningJob.status == from_status)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(moved.rowcount)  # type: ignore[attr-defined]
+
+
+def _not_allowed(job: FineTuningJob, action: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"Cannot {action} job {job.id}: its status is '{job.status}'.", param="fine_tuning_job_id",
+        code="invalid_job_status",
+    )
+
+
+def cancel_job(session: Session, project_id: str, job_id: str) -> FineTuningJob:
+    """Idle jobs are cancelled at once; a running job gets the cancel flag its heartbeat reads."""
+    job = get_job(session, project_id, job_id)
+    status = job.status
+    if status in ("validating_files", "queued", "paused"):
+        if _transition(session, job, status, status="cancelled", finished_ns=now_ns(), cancel_requested=True):
+            add_event(session, job.id, "cancelled", "The job was cancelled", attempt=job.attempt, data={})
+    elif status in ("running", "pausing"):
+        if _transition(session, job, status, status="cancelling", cancel_requested=True):
+            add_event(session, job.id, "cancel_requested", "Cancelling the job", attempt=job.attempt, data={})
+    elif status != "cancelling":
+        raise _not_allowed(job, "cancel")
+    session.flush()
+    session.refresh(job)
+    if job.status not in ("cancelled", "cancelling") and job.status not in TERMINAL:
+        return cancel_job(session, project_id, job_id)  # raced with a worker transition: try again
+    return job
+
+
+def pause_job(session: Session, project_id: str, job_id: str) -> FineTuningJob:
+    """A queued job pauses at once; a running one checkpoints and stops at its next step."""
+    job = get_job(session, project_id, job_id)
+    status = job.status
+    if status == "queued":
+        if _transition(session, job, status, status="paused"):
+            add_event(session, job.id, "paused", "Fine-tuning job paused", attempt=job.attempt, data={})
+    elif status == "running":
+        if _transition(session, job, status, status="pausing", pause_requested=True):
+            add_event(session, job.id, "pause_requested", "Pausing the job", attempt=job.attempt, data={})
+    elif status not in ("pausing", "paused"):
+        raise _not_allowed(job, "pause")
+    session.flush()
+    session.refresh(job)
+    if job.status in ("queued", "running"):
+        return pause_job(session, project_id, job_id)  # raced with a worker transition: try again
+    return job
+
+
+def resume_job(session: Session, project_id: str, job_id: str) -> FineTuningJob:
+    """Back to `queued`; the next run starts from the newest recorded checkpoint."""
+    job = get_job(session, project_id, job_id)
+    if job.status != "paused":
+        if job.status in ("queued", "running"):
+            return job
+        raise _not_allowed(job, "resume")
+    if _transition(session, job, "paused", status="queued", pause_requested=False, enqueued_ns=now_ns()):
+        add_event(session, job.id, "resumed", "Fine-tuning job resumed", attempt=job.attempt, data={})
+    session.flush()
+    session.refresh(job)
+    return job
