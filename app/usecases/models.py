@@ -5,20 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Table, and_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.core.errors import Forbidden, InvalidRequest, model_not_found
 from app.core.ids import now_ns, ns_to_s
 from app.core.settings import Settings
-from app.db.base import Base
+from app.db.models import RegisteredModel
 
 BASE_OWNER = "system"
-
-
-def _models_table() -> Table:
-    # The registry rows are written by the jobs code; this module only reads them (and soft-deletes).
-    return Base.metadata.tables["models"]
 
 
 @dataclass(frozen=True)
@@ -52,19 +47,21 @@ def base_models(settings: Settings) -> list[ModelInfo]:
 def _project_models(
     session: Session, project_id: str, project_name: str, model_id: str | None = None
 ) -> list[ModelInfo]:
-    table = _models_table()
-    condition = and_(table.c.project_id == project_id, table.c.deleted_ns.is_(None))
+    # Registry rows are written by the jobs code when a run succeeds; this module reads and soft-deletes them.
+    query = select(RegisteredModel).where(
+        RegisteredModel.project_id == project_id, RegisteredModel.deleted_ns.is_(None)
+    )
     if model_id is not None:
-        condition = and_(condition, table.c.id == model_id)
-    rows = session.execute(select(table).where(condition).order_by(table.c.created_ns, table.c.id)).mappings()
+        query = query.where(RegisteredModel.id == model_id)
+    rows = session.scalars(query.order_by(RegisteredModel.created_ns, RegisteredModel.id))
     return [
         ModelInfo(
-            id=row["id"],
-            created=ns_to_s(row["created_ns"]),
+            id=row.id,
+            created=ns_to_s(row.created_ns),
             owned_by=project_name,
-            kind=row["kind"],
-            base_model=row["base_model"],
-            artifact_dir=row["artifact_dir"],
+            kind=row.kind,
+            base_model=row.base_model,
+            artifact_dir=row.artifact_dir,
         )
         for row in rows
     ]
@@ -91,9 +88,10 @@ def delete_model(session: Session, settings: Settings, project_id: str, project_
         raise Forbidden(f"You do not have permission to delete the base model `{model_id}`.", param="model")
     if info.kind != "fine_tuned":
         raise InvalidRequest(f"Only fine-tuned models can be deleted; `{model_id}` is a {info.kind}.", param="model")
-    table = _models_table()
     session.execute(
-        update(table).where(table.c.id == model_id, table.c.project_id == project_id).values(deleted_ns=now_ns())
+        update(RegisteredModel)
+        .where(RegisteredModel.id == model_id, RegisteredModel.project_id == project_id)
+        .values(deleted_ns=now_ns())
     )
     return info
 
