@@ -1,0 +1,63 @@
+"""Request bodies of the OpenAI-compatible endpoints (unknown fields are accepted and ignored)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str | list[Any] | None = None
+
+
+def _check_stop(value: str | list[str] | None) -> str | list[str] | None:
+    if isinstance(value, list) and len(value) > 4:
+        raise ValueError("at most 4 stop sequences are allowed")
+    return value
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    n: int | None = Field(default=None, ge=1, le=128)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+
+    _stop = field_validator("stop")(_check_stop)
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(default=16, ge=1)
+    echo: bool | None = None
+    logprobs: int | None = None
+
+
+class LoadLoraRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    lora_name: str = Field(min_length=1)
+    lora_path: str = Field(min_length=1)
+
+
+class UnloadLoraRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    lora_name: str = Field(min_length=1)

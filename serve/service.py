@@ -1,0 +1,200 @@
+"""The inference service behind the routes: model resolution, prompt rendering, limits, sampling parameters."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.chat import stop_token_ids
+from engine.inference.asyncio_engine import AsyncEngine
+from engine.inference.engine import EngineSettings, GenerationEngine
+from engine.inference.loading import LoadedBase
+from engine.inference.prompting import render_chat
+from engine.inference.types import AdapterMismatchError, AdapterNotFoundError, SamplingParams
+from serve.errors import APIError, model_not_found
+from serve.limits import KeyLimiter
+from serve.settings import ServeSettings
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a request's model id resolved to."""
+
+    model: str
+    adapter: str | None  # None: the base model
+    chat_template: str | None
+    stop_token_ids: tuple[int, ...]
+
+
+class InferenceService:
+    """One base model and its adapters, served under the limits in settings."""
+
+    def __init__(self, base: LoadedBase, settings: ServeSettings, adapters_root: Path | None = None) -> None:
+        self.base = base
+        self.base_name = base.identity.name
+        self.settings = settings
+        self.adapters_root = adapters_root.resolve() if adapters_root is not None else None
+        self.engine = GenerationEngine(
+            base.model,
+            base.tokenizer,
+            base.identity,
+            EngineSettings(settings.max_batch_size, settings.max_loaded_adapters, settings.max_prefill_tokens),
+        )
+        self.generator = AsyncEngine(self.engine)
+        self.limiter = KeyLimiter(settings.max_concurrent_per_key, settings.retry_after_s)
+        self.created = int(time.time())
+        self._registered_at: dict[str, int] = {}
+        self._base_stops = tuple(stop_token_ids(base.tokenizer))
+
+    # ---- adapters -------------------------------------------------------------------------------------------
+
+    def load_adapter(self, name: str, path: str) -> bool:
+        """Register an adapter (manifest checked); False if this exact one was already there."""
+        if name == self.base_name:
+            raise APIError(400, f"'{name}' is the base model's name", param="lora_name")
+        current = self.engine.registry.names().get(name)
+        if current is not None:
+            if current.path == Path(path).resolve():
+                return False
+            raise APIError(400, f"The lora adapter '{name}' has already been loaded.", param="lora_name")
+        if not Path(path).is_dir():
+            raise APIError(404, f"No adapter directory at {path}", param="lora_path", code="adapter_not_found")
+        try:
+            self.engine.register_adapter(name, path)
+        except AdapterMismatchError as exc:
+            raise APIError(400, str(exc), param="lora_path", code="adapter_mismatch") from exc
+        self._registered_at[name] = int(time.time())
+        return True
+
+    def unload_adapter(self, name: str) -> None:
+        if not self.engine.unregister_adapter(name):
+            raise APIError(
+                404, f"The lora adapter '{name}' cannot be found.", param="lora_name", code="model_not_found"
+            )
+        self._registered_at.pop(name, None)
+
+    def _from_root(self, model: str) -> bool:
+        """Register <adapters_root>/<model id> on first use, if such an adapter directory exists."""
+        if self.adapters_root is None:
+            return False
+        candidate = (self.adapters_root / model).resolve()
+        if not candidate.is_relative_to(self.adapters_root) or not (candidate / "adapter_config.json").is_file():
+            return False
+        self.load_adapter(model, str(candidate))
+        return True
+
+    def resolve(self, model: str) -> Target:
+        if model == self.base_name:
+            return Target(model, None, None, self._base_stops)
+        try:
+            entry = self.engine.registry.get(model)
+        except AdapterNotFoundError:
+            if not self._from_root(model):
+                raise model_not_found(model) from None
+            entry = self.engine.registry.get(model)
+        manifest = entry.manifest
+        stops = set(manifest.stop_token_ids) | set(self._base_stops)
+        vocab = self.base.tokenizer.get_vocab()
+        stops |= {int(vocab[s]) for s in manifest.stop_strings if s in vocab}
+        return Target(model, model, manifest.chat_template, tuple(sorted(stops)))
+
+    def models(self) -> list[dict[str, Any]]:
+        data = [
+            {
+                "id": self.base_name,
+                "object": "model",
+                "created": self.created,
+                "owned_by": "tuneforge",
+                "root": str(self.base.path),
+                "parent": None,
+            }
+        ]
+        for name, entry in sorted(self.engine.registry.names().items()):
+            data.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": self._registered_at.get(name, self.created),
+                    "owned_by": "tuneforge",
+                    "root": str(entry.path),
+                    "parent": self.base_name,
+                }
+            )
+        return data
+
+    # ---- requests -------------------------------------------------------------------------------------------
+
+    def chat_prompt(self, target: Target, messages: list[dict[str, Any]]) -> list[int]:
+        ids = render_chat(self.base.tokenizer, messages, target.chat_template)
+        self._check_prompt(ids, "messages")
+        return ids
+
+    def text_prompts(self, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
+        items: list[Any] = [prompt] if isinstance(prompt, str) else list(prompt)
+        if items and all(isinstance(p, int) for p in items):
+            items = [items]  # a single prompt given as token ids
+        prompts = [self._encode(p) if isinstance(p, str) else [int(i) for i in p] for p in items]
+        if not prompts:
+            raise APIError(400, "prompt must not be empty", param="prompt")
+        vocab = len(self.base.tokenizer)
+        for ids in prompts:
+            if any(i < 0 or i >= vocab for i in ids):
+                raise APIError(400, "prompt contains token ids outside the vocabulary", param="prompt")
+            self._check_prompt(ids, "prompt")
+        return prompts
+
+    def _encode(self, text: str) -> list[int]:
+        return [int(i) for i in self.base.tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+    def _check_prompt(self, ids: list[int], param: str) -> None:
+        if not ids:
+            raise APIError(400, "the prompt is empty", param=param)
+        if len(ids) > self.settings.max_prompt_tokens:
+            raise APIError(
+                400,
+                f"This model's maximum prompt length is {self.settings.max_prompt_tokens} tokens; "
+                f"your prompt has {len(ids)} tokens.",
+                param=param,
+                code="context_length_exceeded",
+            )
+
+    def sampling(
+        self,
+        target: Target,
+        prompt_len: int,
+        *,
+        max_tokens: int | None,
+        temperature: float | None,
+        top_p: float | None,
+        n: int | None,
+        seed: int | None,
+        stop: str | list[str] | None,
+    ) -> SamplingParams:
+        n = n or 1
+        if n > self.settings.max_n:
+            raise APIError(400, f"n must be at most {self.settings.max_n}", param="n")
+        room = self.engine.max_context - prompt_len
+        if max_tokens is not None and max_tokens > self.settings.max_output_tokens:
+            raise APIError(
+                400,
+                f"max_tokens is too large: {max_tokens}. This server supports at most "
+                f"{self.settings.max_output_tokens} completion tokens.",
+                param="max_tokens",
+            )
+        if room < 1:
+            raise APIError(
+                400, "the prompt fills the model's context", param="messages", code="context_length_exceeded"
+            )
+        limit = min(max_tokens or self.settings.max_output_tokens, room)
+        stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+        return SamplingParams(
+            max_tokens=limit,
+            temperature=1.0 if temperature is None else temperature,
+            top_p=max(1e-6, 1.0 if top_p is None else top_p),
+            n=n,
+            seed=seed,
+            stop=stops,
+            stop_token_ids=target.stop_token_ids,
+        )
