@@ -14,7 +14,7 @@ from app.gateway.backends import BackendRegistry
 from app.gateway.limits import KeyConcurrency
 from app.http.errors import install_error_handlers
 from app.http.middleware import JsonBodyLimitMiddleware, RequestIdMiddleware
-from app.http.routes import files, health, inference, models
+from app.http.routes import files, health, inference, jobs, models
 from app.http.state import AppState
 
 API_DESCRIPTION = """OpenAI-compatible fine-tuning API.
@@ -27,6 +27,7 @@ Extensions beyond OpenAI's API: `GET /v1/files/{id}/report` returns the dataset 
 def create_app(settings: Settings | None = None, extra_routers: list[APIRouter] | None = None) -> FastAPI:
     settings = settings or get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per forwarded call is noise
     db = Database(settings.resolved_database_url)
     storage = BlobStore(settings.resolved_storage_dir)
     state = AppState(
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None, extra_routers: list[APIRouter] 
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(files.router)
+    app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(inference.router)
     for router in extra_routers or []:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
 
 from app.core.errors import InvalidRequest, Unavailable
@@ -55,9 +56,12 @@ async def forward(
             async for chunk in response.aiter_raw():
                 yield chunk
         finally:
-            # Closing the upstream response tells the backend the client is gone, which frees its slot too.
-            await response.aclose()
+            # Runs on normal end and when the client disconnects (the task is cancelled): release first, since
+            # any await in a cancelled task raises at once; then close upstream, shielded, which tells the
+            # backend the client is gone so it frees its decoding slot too.
             limits.release(key_id)
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
 
     content_type = response.headers.get("content-type", "application/json")
     return Forwarded(response.status_code, content_type, relay(), content_type.startswith("text/event-stream"))
