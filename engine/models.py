@@ -1,0 +1,180 @@
+"""Base model resolution (tiny-chat, local dirs, operator-listed hub ids), safe loading and content hashes."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from engine.fsutil import fsync_dir, fsync_tree
+from engine.tinychat import TINY_CHAT, build_tiny_chat
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+ALLOWED_HUB_ENV = "TUNEFORGE_ALLOWED_BASE_MODELS"
+
+
+def _sha256_files(files: Sequence[Path], root: Path) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(root).as_posix().encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def weight_files(path: str | Path) -> list[Path]:
+    """The safetensors weight files of a model or adapter directory, sorted."""
+    root = Path(path)
+    return sorted(root.glob("*.safetensors"))
+
+
+def content_hash(path: str | Path) -> str:
+    """sha256 over the weight files (names and bytes) of a model directory."""
+    root = Path(path)
+    files = weight_files(root)
+    if not files:
+        raise FileNotFoundError(f"no .safetensors weights in {root}")
+    return _sha256_files(files, root)
+
+
+# The name serving looks up (engine.inference.loading); one definition so training and serving always agree.
+model_content_hash = content_hash
+
+
+def tokenizer_hash(path: str | Path | Any) -> str:
+    """sha256 over the tokenizer files (vocabulary, merges, special tokens, chat template).
+
+    Accepts a model directory or a tokenizer loaded from one (its `name_or_path`).
+    """
+    root = Path(path if isinstance(path, str | os.PathLike) else path.name_or_path)
+    files = [root / n for n in TOKENIZER_FILES if (root / n).is_file()]
+    if not files:
+        raise FileNotFoundError(f"no tokenizer files in {root}")
+    return _sha256_files(files, root)
+
+
+@contextlib.contextmanager
+def _file_lock(lock_path: Path) -> Iterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _build_tiny_chat(models_dir: Path) -> Path:
+    final = models_dir / TINY_CHAT
+    if final.is_dir():
+        return final
+    # The lock avoids duplicate work; temp dir + rename keeps readers from ever seeing a half-built model even if
+    # a process that does not take the lock races us.
+    with _file_lock(models_dir / f".{TINY_CHAT}.lock"):
+        if final.is_dir():
+            return final
+        tmp = models_dir / f".{TINY_CHAT}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            build_tiny_chat(tmp)
+            fsync_tree(tmp)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not final.is_dir():
+                    raise
+            fsync_dir(models_dir)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _allowed_hub_ids() -> set[str]:
+    return {s.strip() for s in os.environ.get(ALLOWED_HUB_ENV, "").split(",") if s.strip()}
+
+
+def ensure_base_model(
+    name_or_path: str, data_dir: str | Path, *, allowed_hub_ids: Sequence[str] | None = None
+) -> Path:
+    """Return a local directory for a base model: tiny-chat (built on first use), a local dir, or a cached hub id.
+
+    Hub ids must be on the operator's list (argument or TUNEFORGE_ALLOWED_BASE_MODELS) and already present in the
+    local Hugging Face cache: this function never downloads.
+    """
+    models_dir = Path(data_dir) / "models"
+    if name_or_path == TINY_CHAT:
+        models_dir.mkdir(parents=True, exist_ok=True)
+        return _build_tiny_chat(models_dir)
+    local = Path(name_or_path)
+    if local.is_dir():
+        _require_safetensors(local)
+        return local
+    stored = models_dir / name_or_path
+    if ".." not in Path(name_or_path).parts and stored.is_dir():
+        _require_safetensors(stored)
+        return stored
+    allowed = set(allowed_hub_ids) if allowed_hub_ids is not None else _allowed_hub_ids()
+    if name_or_path not in allowed:
+        raise ValueError(f"unknown base model {name_or_path!r}: not tiny-chat, a local directory or an allowed hub id")
+    from huggingface_hub import snapshot_download
+
+    try:
+        snap = Path(
+            snapshot_download(
+                name_or_path, local_files_only=True,
+                allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt"],
+            )
+        )
+    except Exception as exc:  # the cache lookup raises several types; all mean "not available offline"
+        raise ValueError(f"base model {name_or_path!r} is not in the local cache (downloads are disabled)") from exc
+    _require_safetensors(snap)
+    return snap
+
+
+def _require_safetensors(path: Path) -> None:
+    if not weight_files(path) and not (path / "adapter_config.json").is_file():
+        raise ValueError(f"{path} holds no .safetensors weights (other formats are refused)")
+
+
+def default_device_dtype(device: Any = None, dtype: Any = None) -> tuple[Any, Any]:
+    """CUDA with bf16 where available, CPU with fp32 otherwise; explicit arguments win."""
+    import torch
+
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if dtype is None:
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        dtype = torch.bfloat16 if bf16 else torch.float32
+    return device, dtype
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """Load the fast tokenizer saved next to a model (no remote code)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model_and_tokenizer(path: str | Path, device: Any = None, dtype: Any = None) -> tuple[Any, Any]:
+    """Load a causal LM from safetensors only (never remote code) plus its tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    device, dtype = default_device_dtype(device, dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), use_safetensors=True, trust_remote_code=False, dtype=dtype, attn_implementation="sdpa"
+    )
+    model.to(device)
+    model.eval()
+    return model, load_tokenizer(path)

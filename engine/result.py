@@ -1,0 +1,44 @@
+"""The outcome of a training run, as returned by engine.train and emitted as the final "result" event."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+EXIT_CODES = {"succeeded": 0, "failed": 1, "invalid": 2, "paused": 3, "cancelled": 4}
+
+
+@dataclass
+class TrainResult:
+    """Status, where things were written, and the resolved hyperparameters."""
+
+    status: str  # succeeded | paused | cancelled | failed
+    output_dir: str
+    adapter_dir: str | None = None
+    metrics_csv: str | None = None
+    trained_tokens: int = 0
+    hyperparameters: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    checkpoint: dict[str, Any] | None = None
+    final_metrics: dict[str, Any] | None = None
+    invalid: bool = False  # a failure caused by the spec or dataset (exit code 2)
+
+    @property
+    def exit_code(self) -> int:
+        """0 succeeded, 1 failed, 2 invalid spec/dataset, 3 paused, 4 cancelled."""
+        return EXIT_CODES["invalid"] if self.invalid else EXIT_CODES[self.status]
+
+    def to_event(self) -> dict[str, Any]:
+        """The contract's final "result" event."""
+        return {
+            "type": "result",
+            "status": self.status,
+            "output_dir": self.output_dir,
+            "adapter_dir": self.adapter_dir,
+            "metrics_csv": self.metrics_csv,
+            "trained_tokens": self.trained_tokens,
+            "hyperparameters": self.hyperparameters or {},
+            "error": self.error,
+            "checkpoint": self.checkpoint,
+            "metrics": self.final_metrics or {},
+        }
