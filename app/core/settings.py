@@ -16,9 +16,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TUNEFORGE_", extra="ignore", validate_default=True)
 
-    data_dir: Path = Field(
-        default=Path("./data"), description="Root of the embedded database, blobs and models."
-    )
+    data_dir: Path = Field(default=Path("./data"), description="Root of the embedded database, blobs and models.")
     database_url: str | None = Field(
         default=None,
         description="SQLAlchemy URL; default is SQLite under data_dir. Postgres: postgresql+psycopg://...",
@@ -28,9 +26,9 @@ class Settings(BaseSettings):
         description="Celery broker URL; default is a serverless filesystem transport under data_dir.",
     )
     storage_dir: Path | None = Field(default=None, description="Blob storage root; default data_dir/blobs.")
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=1, le=65535)
-    organization_id: str = Field(default="org-tuneforge", min_length=1)
+    host: str = Field(default="127.0.0.1", description="Interface `tuneforge serve` listens on.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port `tuneforge serve` listens on.")
+    organization_id: str = Field(default="org-tuneforge", min_length=1, description="`organization_id` on jobs.")
 
     # Upload and dataset-check limits.
     max_upload_bytes: int = Field(default=512 * MiB, ge=1, description="Largest accepted file upload.")
@@ -40,15 +38,17 @@ class Settings(BaseSettings):
         description="After the cap, read and discard this much before dropping the connection.",
     )
     max_line_bytes: int = Field(default=MiB, ge=64, description="Longest accepted JSONL line.")
-    max_report_errors: int = Field(
-        default=100, ge=1, le=10_000, description="Errors listed in a dataset report."
-    )
+    max_report_errors: int = Field(default=100, ge=1, le=10_000, description="Errors listed in a dataset report.")
     min_examples: int = Field(default=10, ge=1, description="Fewest examples a training file may have.")
     max_json_body_bytes: int = Field(default=4 * MiB, ge=1024, description="Largest JSON request body.")
-    list_limit_max: int = Field(default=10_000, ge=1)
+    list_limit_max: int = Field(default=10_000, ge=1, description="Largest `limit` a list request may ask for.")
 
     # Base models the operator offers: comma-separated names; `name=/local/dir` maps a name to a local copy.
-    base_models: str = Field(default="tiny-chat", min_length=1)
+    base_models: str = Field(
+        default="tiny-chat",
+        min_length=1,
+        description="Base models offered: `name` or `name=/local/dir`, comma-separated.",
+    )
 
     # --- jobs and workers (section owned by the jobs/worker code) ---
     lease_seconds: float = Field(default=120.0, gt=0, description="A running job's lease; renewed by heartbeats.")
@@ -60,9 +60,7 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, le=100, description="Runs of one job before it fails for good.")
     worker_concurrency: int = Field(default=1, ge=1, le=64, description="Jobs one worker runs at once.")
     embedded_worker: bool = Field(default=True, description="`tuneforge serve` starts a worker child process.")
-    engine_command: str = Field(
-        default="", description="Command that runs the engine; default `<python> -m engine`."
-    )
+    engine_command: str = Field(default="", description="Command that runs the engine; default `<python> -m engine`.")
 
     # --- inference (section owned by the serving code) ---
     inference_urls: str = Field(
@@ -71,7 +69,7 @@ class Settings(BaseSettings):
         "process or a vLLM OpenAI server with LoRA enabled. Empty: embedded inference inside `tuneforge serve`.",
     )
     inference_api_key: str | None = Field(default=None, description="Bearer token the API sends to inference backends.")
-    inference_timeout_s: float = Field(default=600.0, gt=0)
+    inference_timeout_s: float = Field(default=600.0, gt=0, description="Longest wait for an inference backend.")
     max_concurrent_requests_per_key: int = Field(default=8, ge=1, description="Concurrent inference calls per API key.")
     max_prompt_tokens: int = Field(default=2048, ge=1, description="Longest prompt an inference request may send.")
     max_output_tokens: int = Field(default=512, ge=1, description="Most tokens one completion may generate.")
