@@ -71,11 +71,60 @@ def serve(
 
         mounted = mount_inference(app, settings)
         typer.echo(f"inference in-process for: {', '.join(mounted) or '(none)'}")
+    embedded_worker = None
+    if settings.embedded_worker:
+        from tuneforge.embedded_worker import EmbeddedWorker
+
+        embedded_worker = EmbeddedWorker(settings)
     typer.echo(f"TuneForge listening on http://{host}:{port}  (OpenAI base_url: http://{host}:{port}/v1)")
     typer.echo(f"data dir: {settings.data_dir}  database: {_redact(settings.resolved_database_url)}")
     typer.echo(f"create an API key:  tuneforge keys create --project demo --data-dir {settings.data_dir}")
     sys.stdout.flush()
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        if embedded_worker is not None:
+            embedded_worker.stop()
+
+
+@cli.command()
+def worker(
+    queue: Annotated[str, typer.Option(help="Celery queue to consume.")] = "tuneforge.jobs",
+    concurrency: Annotated[int | None, typer.Option(help="Jobs run at once (default: settings).")] = None,
+    pool: Annotated[str, typer.Option(help="Celery pool: threads (default), prefork or solo.")] = "threads",
+    reaper: Annotated[bool, typer.Option(help="Also run the reaper loop in this process.")] = True,
+    data_dir: DataDir = None,
+) -> None:
+    """Run a job worker: a Celery worker with early ack and prefetch 1 that runs jobs in child processes."""
+    settings = load_settings(data_dir)
+    if settings.database_url is None:
+        prepare(settings)  # embedded default: make sure the SQLite schema exists
+    from worker.celery_app import app
+    from worker.reaper import start_reaper_thread
+    from worker.runtime import runtime
+
+    if reaper:
+        start_reaper_thread(runtime())
+    app.worker_main(
+        [
+            "worker", "-Q", queue, "-c", str(concurrency or settings.worker_concurrency), "-P", pool,
+            "--prefetch-multiplier", "1", "-O", "fair", "--without-gossip", "--without-mingle",
+            "--without-heartbeat", "-l", "INFO", "-n", f"tuneforge-{os.getpid()}@%h",
+        ]
+    )
+
+
+@cli.command("reaper")
+def reaper_command(data_dir: DataDir = None) -> None:
+    """Run only the reaper loop: re-queue runs whose lease expired, re-send lost doorbells."""
+    import threading
+
+    from worker.reaper import reap_forever
+    from worker.runtime import runtime
+
+    load_settings(data_dir)
+    typer.echo("reaper running; Ctrl-C to stop")
+    reap_forever(runtime(), threading.Event())
 
 
 @cli.command()

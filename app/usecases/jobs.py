@@ -239,7 +239,8 @@ def _transition(session: Session, job: FineTuningJob, from_status: str, **values
 
 def _not_allowed(job: FineTuningJob, action: str) -> InvalidRequest:
     return InvalidRequest(
-        f"Cannot {action} job {job.id}: its status is '{job.status}'.", param="fine_tuning_job_id",
+        f"Cannot {action} job {job.id}: its status is '{job.status}'.",
+        param="fine_tuning_job_id",
         code="invalid_job_status",
     )
 

@@ -15,14 +15,26 @@ from engine.spec import Hyperparameters, Tuning
 METHODS = ("supervised", "dpo")
 OPENAI_HPARAMS = ("batch_size", "learning_rate_multiplier", "n_epochs")
 # Engine knobs accepted as extensions inside method.<type>.hyperparameters (and echoed back).
-HPARAM_EXTENSIONS = tuple(
-    name for name in Hyperparameters.model_fields if name not in (*OPENAI_HPARAMS, "beta")
-)
-TUNING_EXTENSIONS = {"tuning": "type", "lora_r": "lora_r", "lora_alpha": "lora_alpha",
-                     "lora_dropout": "lora_dropout", "target_modules": "target_modules"}
+HPARAM_EXTENSIONS = tuple(name for name in Hyperparameters.model_fields if name not in (*OPENAI_HPARAMS, "beta"))
+TUNING_EXTENSIONS = {
+    "tuning": "type",
+    "lora_r": "lora_r",
+    "lora_alpha": "lora_alpha",
+    "lora_dropout": "lora_dropout",
+    "target_modules": "target_modules",
+}
 _SUFFIX = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_KNOWN_FIELDS = {"model", "training_file", "validation_file", "hyperparameters", "method", "suffix", "seed",
-                 "integrations", "metadata"}
+_KNOWN_FIELDS = {
+    "model",
+    "training_file",
+    "validation_file",
+    "hyperparameters",
+    "method",
+    "suffix",
+    "seed",
+    "integrations",
+    "metadata",
+}
 
 
 @dataclass(frozen=True)
@@ -88,15 +100,20 @@ def _check_hyperparameters(raw: Any, method_type: str, prefix: str) -> dict[str,
             raise _fail(f"Unknown hyperparameter '{key}' for method '{method_type}'.", f"{prefix}.{key}")
     out: dict[str, Any] = {}
     if "batch_size" in raw:
-        out["batch_size"] = _auto_or(raw["batch_size"], f"{prefix}.batch_size", integer=True, low=1,
-                                     high=256, low_open=False)
+        out["batch_size"] = _auto_or(
+            raw["batch_size"], f"{prefix}.batch_size", integer=True, low=1, high=256, low_open=False
+        )
     if "learning_rate_multiplier" in raw:
-        out["learning_rate_multiplier"] = _auto_or(raw["learning_rate_multiplier"],
-                                                   f"{prefix}.learning_rate_multiplier", integer=False,
-                                                   low=0, high=100, low_open=True)
+        out["learning_rate_multiplier"] = _auto_or(
+            raw["learning_rate_multiplier"],
+            f"{prefix}.learning_rate_multiplier",
+            integer=False,
+            low=0,
+            high=100,
+            low_open=True,
+        )
     if "n_epochs" in raw:
-        out["n_epochs"] = _auto_or(raw["n_epochs"], f"{prefix}.n_epochs", integer=True, low=1, high=50,
-                                   low_open=False)
+        out["n_epochs"] = _auto_or(raw["n_epochs"], f"{prefix}.n_epochs", integer=True, low=1, high=50, low_open=False)
     if "beta" in raw:
         out["beta"] = _auto_or(raw["beta"], f"{prefix}.beta", integer=False, low=0, high=2, low_open=True)
     extensions = {k: raw[k] for k in HPARAM_EXTENSIONS if k in raw}
@@ -131,8 +148,9 @@ def _method(body: dict[str, Any]) -> dict[str, Any]:
             code="unsupported_value",
         )
     if method_type not in METHODS:
-        raise _fail(f"{method_type!r} is not one of ['supervised', 'dpo', 'reinforcement'] - 'method.type'",
-                    "method.type")
+        raise _fail(
+            f"{method_type!r} is not one of ['supervised', 'dpo', 'reinforcement'] - 'method.type'", "method.type"
+        )
     for key in method:
         if key not in ("type", method_type):
             raise _fail(f"Unexpected key '{key}' for method type '{method_type}'.", f"method.{key}")
@@ -146,8 +164,10 @@ def _method(body: dict[str, Any]) -> dict[str, Any]:
     hparams = _check_hyperparameters(section.get("hyperparameters"), method_type, prefix)
     if legacy is not None:
         if method_type != "supervised":
-            raise _fail("hyperparameters (deprecated) only applies to supervised jobs; use "
-                        f"{prefix} instead.", "hyperparameters")
+            raise _fail(
+                f"hyperparameters (deprecated) only applies to supervised jobs; use {prefix} instead.",
+                "hyperparameters",
+            )
         hparams = {**_check_hyperparameters(legacy, "supervised", "hyperparameters"), **hparams}
     return {"type": method_type, method_type: {"hyperparameters": hparams}}
 
@@ -174,10 +194,15 @@ def _integrations(raw: Any) -> list[Any]:
         raise _fail("integrations must be a list of at most 5 items.", "integrations")
     for index, item in enumerate(raw):
         wandb = item.get("wandb") if isinstance(item, dict) else None
-        if not isinstance(item, dict) or item.get("type") != "wandb" or not isinstance(wandb, dict) \
-                or not isinstance(wandb.get("project"), str):
-            raise _fail("Each integration must be {'type': 'wandb', 'wandb': {'project': ...}}.",
-                        f"integrations.{index}")
+        if (
+            not isinstance(item, dict)
+            or item.get("type") != "wandb"
+            or not isinstance(wandb, dict)
+            or not isinstance(wandb.get("project"), str)
+        ):
+            raise _fail(
+                "Each integration must be {'type': 'wandb', 'wandb': {'project': ...}}.", f"integrations.{index}"
+            )
     return list(raw)
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
 from app.core.errors import InvalidRequest, PayloadTooLarge
 from app.http.deps import get_caller, get_state
@@ -15,6 +17,7 @@ from app.http.multipart_stream import StreamingForm
 from app.http.presenters import cursor_list, file_object
 from app.http.state import AppState
 from app.usecases import files as files_uc
+from app.usecases.idempotency import body_hash, check_key, run_once
 from app.usecases.keys import Caller
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
@@ -27,12 +30,17 @@ async def create_file(
     """Upload a file (multipart: `purpose`, `file`); streamed to storage under the size cap."""
     upload = files_uc.FileUpload(state.storage, state.settings)
     form: StreamingForm | None = None
+    content_hash = hashlib.sha256()  # identifies the request for Idempotency-Key
+
+    def write(chunk: bytes) -> None:
+        upload.write(chunk)
+        content_hash.update(chunk)
 
     def on_file_start(_filename: str | None) -> Callable[[bytes], None]:
         assert form is not None
         if form.fields.get("purpose") == "fine-tune":
             upload.check_as_dataset()
-        return upload.write
+        return write
 
     try:
         form = StreamingForm(request.headers.get("content-type", ""), "file", on_file_start)
@@ -54,12 +62,25 @@ async def create_file(
             form.fields.get("expires_after[anchor]"), form.fields.get("expires_after[seconds]")
         )
 
+        key = check_key(request.headers.get("idempotency-key"))
+        digest = body_hash("POST /v1/files", [purpose, form.filename, content_hash.hexdigest(), expires])
+        stored: dict[str, str] = {}
+
+        def create(session: Session) -> str:
+            row = upload.finish(session, state.storage, caller.project_id, purpose, form.filename, expires)
+            stored["key"] = row.storage_key
+            return row.id
+
+        def undo() -> None:
+            # Lost an idempotency race: drop our bytes, the first request's file stands.
+            if "key" in stored:
+                state.storage.delete(stored["key"])
+            upload.abort()
+
         def store() -> dict[str, Any]:
+            outcome = run_once(state.db, caller.project_id, key, "POST /v1/files", digest, create, undo)
             with state.db.session() as session:
-                row = upload.finish(
-                    session, state.storage, caller.project_id, purpose, form.filename, expires
-                )
-                return file_object(row)
+                return file_object(files_uc.get_file(session, caller.project_id, outcome.object_id))
 
         return await anyio.to_thread.run_sync(store)
     except BaseException:

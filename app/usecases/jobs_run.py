@@ -1,0 +1,442 @@
+"""Writes of one run of a job, each fenced on its attempt number (the fencing token).
+
+A run claims the job with a conditional UPDATE that increments `attempt`; every later write first re-checks,
+in the same transaction, that this attempt still owns the job. A stale run's write changes nothing and
+raises LeaseLost, so the caller stops its training child at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.core.ids import new_id, now_ns, ns_to_s
+from app.core.storage import BlobStore
+from app.db.models import FineTuningCheckpoint, FineTuningEvent, FineTuningJob, JobAttempt, RegisteredModel
+from app.db.session import Database
+from app.usecases.files import store_internal_file
+from app.usecases.jobs import ACTIVE, checkpoint_name, model_name, project_name
+from app.usecases.jobs_checkpoints import latest_checkpoint
+from app.usecases.jobs_events import METRIC_KEYS, add_event, metrics_data, metrics_message
+
+
+class LeaseLost(Exception):
+    """Another attempt owns the job now (or it left the running states): stop and write nothing."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: str
+    attempt: int
+    resume_from: str | None
+    resume_step: int | None
+
+
+@dataclass(frozen=True)
+class Flags:
+    cancel: bool
+    pause: bool
+
+
+def checkpoint_metrics(step: int, raw: dict[str, Any] | None) -> dict[str, Any]:
+    """OpenAI's checkpoint metrics: the known keys only, numbers only, `step` an integer."""
+    keys = [k for k in METRIC_KEYS if k not in ("step", "total_steps")]
+    picked = {k: float(v) for k, v in (raw or {}).items() if k in keys and isinstance(v, int | float)}
+    return {"step": step, **picked}
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1_000_000_000)
+
+
+def claim(db: Database, job_id: str, worker: str, lease_seconds: float) -> Claim | None:
+    """queued -> running with attempt+1; None when the message was stale or a duplicate."""
+    with db.session() as session:
+        now = now_ns()
+        row = session.execute(
+            update(FineTuningJob)
+            .where(FineTuningJob.id == job_id, FineTuningJob.status == "queued")
+            .values(
+                status="running",
+                attempt=FineTuningJob.attempt + 1,
+                lease_owner=worker,
+                lease_expires_ns=now + _ns(lease_seconds),
+                heartbeat_ns=now,
+                pause_requested=False,
+            )
+            .returning(FineTuningJob.attempt)
+            .execution_options(synchronize_session=False)
+        ).first()
+        if row is None:
+            return None
+        attempt = int(row[0])
+        ckpt = latest_checkpoint(session, job_id)
+        session.add(
+            JobAttempt(
+                job_id=job_id,
+                attempt=attempt,
+                worker=worker,
+                worker_pid=os.getpid(),
+                resumed_from_step=ckpt.step if ckpt else None,
+                started_ns=now,
+                last_seen_ns=now,
+            )
+        )
+        if ckpt is None:
+            add_event(session, job_id, "started", "Fine-tuning job started", attempt=attempt)
+        else:
+            add_event(
+                session,
+                job_id,
+                "started",
+                f"Fine-tuning job started from the checkpoint at step {ckpt.step} (run {attempt})",
+                attempt=attempt,
+                data={"resumed_from_step": ckpt.step},
+            )
+        return Claim(job_id, attempt, ckpt.path if ckpt else None, ckpt.step if ckpt else None)
+
+
+def _fence(session: Session, job_id: str, attempt: int, lease_seconds: float | None = None) -> FineTuningJob:
+    """Lock-and-check: the UPDATE takes the row lock, so no reaper can slip in before this commit."""
+    now = now_ns()
+    values: dict[str, Any] = {"heartbeat_ns": now}
+    if lease_seconds is not None:
+        values["lease_expires_ns"] = now + _ns(lease_seconds)
+    moved = session.execute(
+        update(FineTuningJob)
+        .where(FineTuningJob.id == job_id, FineTuningJob.attempt == attempt, FineTuningJob.status.in_(ACTIVE))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if moved.rowcount == 0:  # type: ignore[attr-defined]
+        raise LeaseLost(f"{job_id}: attempt {attempt} no longer owns the job")
+    job = session.get(FineTuningJob, job_id, populate_existing=True)
+    assert job is not None
+    return job
+
+
+def _touch_attempt(session: Session, job_id: str, attempt: int, **values: Any) -> None:
+    session.execute(
+        update(JobAttempt)
+        .where(JobAttempt.job_id == job_id, JobAttempt.attempt == attempt)
+        .values(last_seen_ns=now_ns(), **values)
+    )
+
+
+def heartbeat(db: Database, job_id: str, attempt: int, lease_seconds: float) -> Flags:
+    """Renew the lease and read the cancel/pause flags in the same statement's transaction."""
+    with db.session() as session:
+        job = _fence(session, job_id, attempt, lease_seconds)
+        _touch_attempt(session, job_id, attempt)
+        return Flags(cancel=job.cancel_requested, pause=job.pause_requested)
+
+
+def record_child(db: Database, job_id: str, attempt: int, pid: int) -> None:
+    with db.session() as session:
+        _fence(session, job_id, attempt)
+        _touch_attempt(session, job_id, attempt, child_pid=pid)
+
+
+def record_started(db: Database, job_id: str, attempt: int, event: dict[str, Any]) -> None:
+    """The engine resolved its hyperparameters: show them as numbers from now on."""
+    with db.session() as session:
+        job = _fence(session, job_id, attempt)
+        job.resolved = dict(event.get("hyperparameters") or {})
+        job.total_steps = event.get("total_steps")
+
+
+def record_metrics(db: Database, job_id: str, attempt: int, event: dict[str, Any]) -> None:
+    with db.session() as session:
+        job = _fence(session, job_id, attempt)
+        job.step = int(event["step"])
+        _touch_attempt(session, job_id, attempt, last_step=job.step)
+        run = session.get(JobAttempt, (job_id, attempt), populate_existing=True)
+        assert run is not None
+        if run.first_step is None:
+            _touch_attempt(session, job_id, attempt, first_step=job.step)
+        job.estimated_finish = _estimate_finish(run, job.step, job.total_steps)
+        add_event(
+            session,
+            job_id,
+            "metrics",
+            metrics_message(event),
+            attempt=attempt,
+            data=metrics_data(event),
+            event_type="metrics",
+        )
+
+
+def _estimate_finish(run: JobAttempt, step: int, total: int | None) -> int | None:
+    """Unix time this run should end at its pace so far (start-up included, so it errs late)."""
+    done = step - (run.resumed_from_step or 0)
+    if not total or done <= 0:
+        return None
+    now = now_ns()
+    return ns_to_s(now + (now - run.started_ns) * (total - step) // done)
+
+
+def record_checkpoint(db: Database, job_id: str, attempt: int, event: dict[str, Any]) -> None:
+    """Insert the checkpoint row (and its snapshot model) only while this attempt owns the job."""
+    with db.session() as session:
+        job = _fence(session, job_id, attempt)
+        step = int(event["step"])
+        if session.scalar(
+            select(FineTuningCheckpoint.id).where(
+                FineTuningCheckpoint.job_id == job_id, FineTuningCheckpoint.step == step
+            )
+        ):
+            return  # a resumed run re-announcing a step an earlier attempt recorded
+        name = checkpoint_name(job, project_name(session, job.project_id), step)
+        metrics = checkpoint_metrics(step, event.get("metrics"))
+        session.add(
+            FineTuningCheckpoint(
+                id=new_id("ftckpt_"),
+                job_id=job_id,
+                project_id=job.project_id,
+                attempt=attempt,
+                step=step,
+                path=str(event["path"]),
+                sha256=str(event.get("sha256") or ""),
+                metrics=metrics,
+                model_name=name,
+                created_ns=now_ns(),
+            )
+        )
+        _register(session, name, job, "checkpoint", str(event["path"]), step)
+        add_event(
+            session,
+            job_id,
+            "checkpoint",
+            f"Checkpoint created at step {step} with Snapshot ID: {name}",
+            attempt=attempt,
+            data={},
+        )
+
+
+def _register(session: Session, name: str, job: FineTuningJob, kind: str, artifact_dir: str, step: int | None) -> None:
+    if session.get(RegisteredModel, name) is not None:
+        return
+    session.add(
+        RegisteredModel(
+            id=name,
+            project_id=job.project_id,
+            base_model=job.base_model,
+            kind=kind,
+            job_id=job.id,
+            step=step,
+            artifact_dir=artifact_dir,
+            created_ns=now_ns(),
+        )
+    )
+
+
+def _end_attempt(session: Session, job_id: str, attempt: int, outcome: str) -> None:
+    _touch_attempt(session, job_id, attempt, ended_ns=now_ns(), outcome=outcome)
+    session.execute(
+        update(FineTuningJob)
+        .where(FineTuningJob.id == job_id)
+        .values(estimated_finish=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+CSV_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
+
+
+def metrics_csv(session: Session, job_id: str) -> bytes:
+    """The results file: one row per step over every run (a resumed run's rows replace the lost run's)."""
+    rows: dict[int, dict[str, Any]] = {}
+    query = (
+        select(FineTuningEvent.data)
+        .where(FineTuningEvent.job_id == job_id, FineTuningEvent.type == "metrics")
+        .order_by(FineTuningEvent.seq)
+    )
+    for data in session.scalars(query):
+        if data and "step" in data:
+            rows[int(data["step"])] = data
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for step in sorted(rows):
+        data = rows[step]
+        values = [
+            data.get("train_loss"),
+            data.get("train_mean_token_accuracy"),
+            data.get("valid_loss"),
+            data.get("valid_mean_token_accuracy"),
+        ]
+        writer.writerow([step, *("" if v is None else f"{v:.6g}" for v in values)])
+    return out.getvalue().encode()
+
+
+def finish_succeeded(db: Database, storage: BlobStore, job_id: str, attempt: int, result: dict[str, Any]) -> str:
+    """Register the model, store the metrics CSV as a fine-tune-results file, mark the job succeeded."""
+    adapter_dir = str(result.get("adapter_dir") or result.get("output_dir") or "")
+    with db.session() as session:
+        job = _fence(session, job_id, attempt)
+        name = model_name(job, project_name(session, job.project_id))
+        results = store_internal_file(
+            session, storage, job.project_id, "fine-tune-results", "step_metrics.csv", metrics_csv(session, job_id)
+        )
+        final_step = int(job.total_steps or job.step or 0)
+        final_metrics = checkpoint_metrics(final_step, result.get("metrics"))
+        existing = session.scalar(
+            select(FineTuningCheckpoint).where(
+                FineTuningCheckpoint.job_id == job_id, FineTuningCheckpoint.step == final_step
+            )
+        )
+        if existing is not None:
+            existing.model_name = name  # OpenAI names the final checkpoint after the model itself
+        else:
+            session.add(
+                FineTuningCheckpoint(
+                    id=new_id("ftckpt_"),
+                    job_id=job_id,
+                    project_id=job.project_id,
+                    attempt=attempt,
+                    step=final_step,
+                    path=adapter_dir,
+                    sha256="",
+                    metrics=final_metrics,
+                    model_name=name,
+                    created_ns=now_ns(),
+                )
+            )
+        _register(session, name, job, "fine_tuned", adapter_dir, None)
+        if result.get("hyperparameters"):
+            job.resolved = dict(result["hyperparameters"])
+        job.status = "succeeded"
+        job.fine_tuned_model = name
+        job.trained_tokens = int(result.get("trained_tokens") or 0)
+        job.result_files = [results.id]
+        job.finished_ns = now_ns()
+        job.lease_owner = None
+        _end_attempt(session, job_id, attempt, "succeeded")
+        add_event(session, job_id, "model_created", f"New fine-tuned model created: {name}", attempt=attempt, data={})
+        add_event(session, job_id, "succeeded", "The job has successfully completed", attempt=attempt, data={})
+        return name
+
+
+def finish_paused(db: Database, job_id: str, attempt: int) -> None:
+    with db.session() as session:
+        job = _fence(session, job_id, attempt)
+        job.status = "paused"
+        job.pause_requested = False
+        job.lease_owner = None
+        _end_attempt(session, job_id, attempt, "paused")
+        add_event(session, job_id, "paused", "Fine-tuning job paused", attempt=attempt, data={})
+
+
+def finish_cancelled(db: Database, job_id: str, attempt: int) -> None:
+    with db.session() as session:
+        job = _fence(session, job_id, attempt)
+        job.status = "cancelled"
+        job.finished_ns = now_ns()
+        job.lease_owner = None
+        _end_attempt(session, job_id, attempt, "cancelled")
+        add_event(session, job_id, "cancelled", "The job was cancelled", attempt=attempt, data={})
+
+
+def job_error(error: dict[str, Any]) -> dict[str, Any]:
+    """The engine's failure in OpenAI's words: a dataset it cannot train on is an invalid_*_file error."""
+    code = str(error.get("code") or "training_failed")
+    message = str(error.get("message") or "Training failed.")
+    param = error.get("param")
+    if code in ("invalid_dataset", "invalid_spec") and message.startswith(("training_file", "validation_file")):
+        param = "validation_file" if message.startswith("validation_file") else "training_file"
+        kind = param.split("_")[0]
+        code = f"invalid_{kind}_file"
+        message = f"The job failed due to an invalid {kind} file. {message}"
+    return {"code": code, "message": message, "param": param}
+
+
+def finish_failed(db: Database, job_id: str, attempt: int, error: dict[str, Any]) -> None:
+    with db.session() as session:
+        job = _fence(session, job_id, attempt)
+        job.status = "failed"
+        job.error = job_error(error)
+        job.finished_ns = now_ns()
+        job.lease_owner = None
+        _end_attempt(session, job_id, attempt, "failed")
+        add_event(
+            session,
+            job_id,
+            "failed",
+            str(job.error["message"]),
+            attempt=attempt,
+            level="error",
+            data={"code": job.error["code"]},
+        )
+
+
+def requeue_or_fail(session: Session, job: FineTuningJob, attempt: int, reason: str) -> str:
+    """After a lost run: back to queued if attempts are left, else failed. Caller has fenced the row."""
+    now = now_ns()
+    _end_attempt(session, job.id, attempt, reason)
+    if job.status == "cancelling":
+        job.status, job.finished_ns, job.lease_owner = "cancelled", now, None
+        add_event(session, job.id, "cancelled", "The job was cancelled", attempt=attempt, data={})
+        return "cancelled"
+    if job.status == "pausing":
+        job.status, job.pause_requested, job.lease_owner = "paused", False, None
+        add_event(session, job.id, "paused", "Fine-tuning job paused", attempt=attempt, data={})
+        return "paused"
+    if job.attempt < job.max_attempts:
+        job.status, job.lease_owner, job.enqueued_ns = "queued", None, now
+        ckpt = latest_checkpoint(session, job.id)
+        where = f"from the checkpoint at step {ckpt.step}" if ckpt else "from the beginning"
+        add_event(
+            session,
+            job.id,
+            "restarted",
+            f"Run {attempt} was interrupted ({reason}); the job will restart {where}",
+            attempt=attempt,
+            level="warn",
+            data={},
+        )
+        return "queued"
+    job.status, job.finished_ns, job.lease_owner = "failed", now, None
+    job.error = {
+        "code": "worker_lost",
+        "message": f"The job was interrupted {attempt} time(s) ({reason}) and will not be retried.",
+        "param": None,
+    }
+    add_event(
+        session,
+        job.id,
+        "failed",
+        str(job.error["message"]),
+        attempt=attempt,
+        level="error",
+        data={"code": "worker_lost"},
+    )
+    return "failed"
+
+
+def child_crashed(db: Database, job_id: str, attempt: int, reason: str) -> str:
+    """The training child died without a result: this run gives the job back right away."""
+    with db.session() as session:
+        job = _fence(session, job_id, attempt)
+        return requeue_or_fail(session, job, attempt, reason)
+
+
+def record_message(db: Database, job_id: str, attempt: int, event: dict[str, Any]) -> None:
+    """A free-text engine message (warnings, notes) shown in the job's events."""
+    level = event.get("level") if event.get("level") in ("info", "warn", "error") else "info"
+    with db.session() as session:
+        _fence(session, job_id, attempt)
+        add_event(
+            session, job_id, "message", str(event.get("message", ""))[:4000], attempt=attempt, level=str(level), data={}
+        )
+
+
+def record_fenced_out(db: Database, job_id: str, attempt: int) -> None:
+    """Attempt log only (not a job write): this run stopped because it no longer owned the job."""
+    with db.session() as session:
+        _touch_attempt(session, job_id, attempt, ended_ns=now_ns(), outcome="fenced_out")

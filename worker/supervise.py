@@ -1,0 +1,175 @@
+"""Run one job: claim it, start the engine child, relay its events under the lease, finish the job.
+
+Every database write goes through a fenced use case; LeaseLost means another run owns the job now, so the
+child is killed at once and nothing more is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from app.db.models import FineTuningJob, StoredFile
+from app.usecases import jobs_run
+from app.usecases.jobs_request import HPARAM_EXTENSIONS, OPENAI_HPARAMS, TUNING_EXTENSIONS
+from app.usecases.jobs_run import Claim, LeaseLost
+from worker.child import TrainingChild, engine_command
+from worker.runtime import Runtime
+
+log = logging.getLogger("tuneforge.worker")
+
+
+def run_dir(rt: Runtime, job_id: str, attempt: int) -> Path:
+    """Each run writes under its own folder, so a stale run can never overwrite a newer run's files."""
+    return rt.settings.data_dir / "jobs" / job_id / f"run-{attempt}"
+
+
+def build_spec(rt: Runtime, claim: Claim) -> dict[str, Any]:
+    """The engine's TrainSpec (engine/spec.py) for this run, from the job row."""
+    with rt.db.session() as session:
+        job = session.get(FineTuningJob, claim.job_id)
+        assert job is not None
+
+        def path_of(file_id: str | None) -> str | None:
+            if file_id is None:
+                return None
+            row = session.get(StoredFile, file_id)
+            assert row is not None, f"file {file_id} of job {job.id} is gone"
+            return str(rt.storage.path_for(row.storage_key))
+
+        method_type = str(job.method["type"])
+        requested: dict[str, Any] = dict(job.method[method_type].get("hyperparameters") or {})
+        keys = (*OPENAI_HPARAMS, "beta", *HPARAM_EXTENSIONS)
+        hyper = {k: v for k, v in requested.items() if k in keys}
+        tuning = {TUNING_EXTENSIONS[k]: v for k, v in requested.items() if k in TUNING_EXTENSIONS}
+        return {
+            "base_model": rt.settings.base_model_map.get(job.base_model, job.base_model),
+            "data_dir": str(rt.settings.data_dir),
+            "training_file": path_of(job.training_file),
+            "validation_file": path_of(job.validation_file),
+            "output_dir": str(run_dir(rt, job.id, claim.attempt) / "output"),
+            "method": method_type,
+            "hyperparameters": hyper,
+            "tuning": tuning,
+            "seed": job.seed,
+            "resume_from": claim.resume_from,
+            "init_from": job.init_from,
+        }
+
+
+class Supervisor:
+    """Relays one child's events and keeps the lease; stops the child when the lease is lost."""
+
+    def __init__(self, rt: Runtime, claim: Claim) -> None:
+        self.rt = rt
+        self.claim = claim
+        self.result: dict[str, Any] | None = None
+        self.requested: set[str] = set()
+
+    def _handle(self, event: dict[str, Any]) -> None:
+        db, job_id, attempt = self.rt.db, self.claim.job_id, self.claim.attempt
+        kind = event.get("type")
+        if kind == "started":
+            jobs_run.record_started(db, job_id, attempt, event)
+        elif kind == "metrics":
+            jobs_run.record_metrics(db, job_id, attempt, event)
+        elif kind == "checkpoint":
+            jobs_run.record_checkpoint(db, job_id, attempt, event)
+        elif kind == "message":
+            jobs_run.record_message(db, job_id, attempt, event)
+        elif kind == "result":
+            self.result = event
+
+    def _heartbeat(self, child: TrainingChild, lease_deadline: float) -> float:
+        settings = self.rt.settings
+        try:
+            flags = jobs_run.heartbeat(self.rt.db, self.claim.job_id, self.claim.attempt, settings.lease_seconds)
+        except LeaseLost:
+            raise
+        except Exception as exc:  # database unreachable: keep going until our own lease would have expired
+            log.warning("heartbeat of %s failed: %s", self.claim.job_id, exc)
+            if time.monotonic() > lease_deadline:
+                raise LeaseLost("lease expired while the database was unreachable") from exc
+            return lease_deadline
+        if flags.cancel and "cancel" not in self.requested:
+            self.requested.add("cancel")
+            child.request("cancel")
+        elif flags.pause and "pause" not in self.requested and "cancel" not in self.requested:
+            self.requested.add("pause")
+            child.request("pause")
+        return time.monotonic() + settings.lease_seconds
+
+    def relay(self, child: TrainingChild) -> int:
+        """Relay events until the stream closes and the process is gone, heartbeating all the while."""
+        settings = self.rt.settings
+        lease_deadline = time.monotonic() + settings.lease_seconds
+        next_beat = time.monotonic()
+        stream_open = True
+        while stream_open or not child.exited(0):
+            if time.monotonic() >= next_beat:
+                lease_deadline = self._heartbeat(child, lease_deadline)
+                next_beat = time.monotonic() + settings.heartbeat_seconds
+            wait = max(0.02, next_beat - time.monotonic())
+            if not stream_open:
+                child.exited(wait)  # teardown after the last event can be slow: keep the lease meanwhile
+                continue
+            for event in child.next_events(wait):
+                if event is None:
+                    stream_open = False
+                    break
+                self._handle(event)
+        return child.wait()
+
+    def finish(self, code: int) -> str:
+        db, job_id, attempt = self.rt.db, self.claim.job_id, self.claim.attempt
+        status = (self.result or {}).get("status")
+        if status == "succeeded":
+            jobs_run.finish_succeeded(db, self.rt.storage, job_id, attempt, self.result or {})
+        elif status == "paused":
+            jobs_run.finish_paused(db, job_id, attempt)
+        elif status == "cancelled" or (status is None and "cancel" in self.requested):
+            jobs_run.finish_cancelled(db, job_id, attempt)
+        elif status == "failed":
+            jobs_run.finish_failed(db, job_id, attempt, dict((self.result or {}).get("error") or {}))
+        else:
+            status = jobs_run.child_crashed(db, job_id, attempt, f"training process ended with code {code}")
+            if status == "queued":
+                self.rt.doorbell.ring([job_id])
+        return str(status)
+
+
+def run_job(rt: Runtime, job_id: str) -> str:
+    """The task body; returns what happened (for logs and tests)."""
+    claim = jobs_run.claim(rt.db, job_id, rt.worker_name(), rt.settings.lease_seconds)
+    if claim is None:
+        return "skipped"  # duplicate or stale doorbell: the job is not queued
+    folder = run_dir(rt, job_id, claim.attempt)
+    folder.mkdir(parents=True, exist_ok=True)
+    spec_path = folder / "spec.json"
+    spec_path.write_text(json.dumps(build_spec(rt, claim), indent=1))
+    child = TrainingChild(
+        engine_command(rt.settings.engine_command), spec_path, folder / "control", folder / "engine.log"
+    )
+    supervisor = Supervisor(rt, claim)
+    try:
+        jobs_run.record_child(rt.db, job_id, claim.attempt, child.pid)
+        code = supervisor.relay(child)
+        outcome = supervisor.finish(code)
+    except LeaseLost as lost:
+        log.warning("job %s run %s: %s; stopping the training process", job_id, claim.attempt, lost)
+        child.kill()
+        child.wait()
+        try:
+            jobs_run.record_fenced_out(rt.db, job_id, claim.attempt)
+        except Exception:  # the database may be the reason the lease was lost; the attempt log can wait
+            log.warning("could not note the end of run %s of %s in the attempt log", claim.attempt, job_id)
+        return "fenced_out"
+    except BaseException:
+        child.kill()
+        child.wait()
+        raise
+    log.info("job %s run %s: %s", job_id, claim.attempt, outcome)
+    return outcome
