@@ -298,6 +298,8 @@ class GenerationEngine:
         positions = torch.tensor([[s.position] for s in self._running], dtype=torch.long, device=self.device)
         mask = self._kv.step_mask()
         logits = self._forward(ids, mask, positions, self._kv.cache, [s.slot for s in self._running])
+        for seq in self._running:
+            seq.position += 1  # the token sampled from these logits is fed at the next position
         self._advance(list(self._running), logits)
         self._compact()
 
@@ -318,7 +320,6 @@ class GenerationEngine:
             return
         seq.generated.append(token)
         seq.last_token = token
-        seq.position += 1
         delta = seq.text.add(token)
         if seq.text.stopped:
             self._finish(seq, delta, [token], "stop")

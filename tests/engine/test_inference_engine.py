@@ -223,3 +223,29 @@ def test_serving_prompt_matches_the_training_formatter(loaded: LoadedBase, world
     trained, _mask = render(tok, [*convo, {"role": "assistant", "content": "yes"}])
     assert trained[: len(served)] == served and len(trained) > len(served)
     assert manifest["stop_token_ids"] == stop_token_ids(tok)
+
+
+@pytest.mark.parametrize("adapter", [None, "a2"])
+def test_greedy_tokens_match_transformers_generate(
+    loaded: LoadedBase, world: dict[str, Path], adapter: str | None
+) -> None:
+    """The engine's cache, positions and LoRA path reproduce the reference implementation token for token."""
+    from peft import PeftModel
+
+    reference = load_base(str(world["base"]), world["root"])
+    model = reference.model
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, str(world[adapter])).eval()
+    params = SamplingParams(max_tokens=24, temperature=0.0)
+    with make_engine(loaded, world) as engine:
+        gen = AsyncEngine(engine)
+        for text in PROMPTS:
+            ids = prompt(loaded, text)
+            ours = asyncio.run(gen.complete(ids, params, f"ft:{adapter}" if adapter else None)).token_ids[0]
+            with torch.no_grad():
+                out = model.generate(
+                    input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                    max_new_tokens=len(ours), min_new_tokens=len(ours), do_sample=False,
+                    pad_token_id=reference.tokenizer.pad_token_id,
+                )
+            assert out[0][len(ids):].tolist() == ours, text
