@@ -11,6 +11,7 @@ import csv
 import io
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
@@ -209,6 +210,7 @@ def record_checkpoint(db: Database, job_id: str, attempt: int, event: dict[str, 
             )
         )
         _register(session, name, job, "checkpoint", str(event["path"]), step)
+        _retire_pruned_checkpoints(session, job_id)
         add_event(
             session,
             job_id,
@@ -217,6 +219,18 @@ def record_checkpoint(db: Database, job_id: str, attempt: int, event: dict[str, 
             attempt=attempt,
             data={},
         )
+
+
+def _retire_pruned_checkpoints(session: Session, job_id: str) -> None:
+    """The engine keeps only the newest n_checkpoints on disk; drop rows and snapshot models it pruned."""
+    rows = session.scalars(select(FineTuningCheckpoint).where(FineTuningCheckpoint.job_id == job_id)).all()
+    for row in rows:
+        if Path(row.path).is_dir():
+            continue
+        model = session.get(RegisteredModel, row.model_name)
+        if model is not None and model.deleted_ns is None:
+            model.deleted_ns = now_ns()
+        session.delete(row)
 
 
 def _register(session: Session, name: str, job: FineTuningJob, kind: str, artifact_dir: str, step: int | None) -> None:

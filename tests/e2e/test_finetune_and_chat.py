@@ -87,6 +87,23 @@ def test_streaming_matches_the_non_streaming_answer(tuned: tuple[Server, str]) -
     assert finish == "stop" and usage is not None and usage.completion_tokens > 0
 
 
+def test_only_kept_checkpoints_are_listed_and_each_one_serves(tuned: tuple[Server, str]) -> None:
+    server, model = tuned
+    client = server.openai("tenant-a")
+    job_id = next(j.id for j in client.fine_tuning.jobs.list() if j.fine_tuned_model == model)
+    checkpoints = list(client.fine_tuning.jobs.checkpoints.list(job_id))
+    assert 1 <= len(checkpoints) <= 3  # the engine keeps the newest n_checkpoints (default 3) on disk
+    listed = {m.id for m in client.models.list()}
+    for checkpoint in checkpoints:
+        assert checkpoint.fine_tuned_model_checkpoint in listed
+        reply = client.chat.completions.create(
+            model=checkpoint.fine_tuned_model_checkpoint, messages=ROWS[0]["messages"][:1], max_tokens=4
+        )
+        assert reply.choices[0].finish_reason in ("stop", "length")
+    # 20 checkpoints were written (one per epoch); the pruned ones are no longer offered as models.
+    assert sum(1 for m in listed if m.startswith(model + ":ckpt-step-")) <= len(checkpoints)
+
+
 def test_another_project_cannot_see_or_call_the_model(tuned: tuple[Server, str]) -> None:
     server, model = tuned
     other = server.openai("tenant-b")
