@@ -19,5 +19,7 @@ def test_readme_starts_with_the_two_commands_and_ci_runs_the_same_one() -> None:
 
 def test_every_setting_is_documented() -> None:
     readme = (REPO / "README.md").read_text()
-    missing = [f"TUNEFORGE_{name.upper()}" for name in Settings.model_fields if f"TUNEFORGE_{name.upper()}`" not in readme]
+    missing = [
+        f"TUNEFORGE_{name.upper()}" for name in Settings.model_fields if f"TUNEFORGE_{name.upper()}`" not in readme
+    ]
     assert not missing, f"document these settings in README.md: {missing}"
