@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from app.core.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 cli = typer.Typer(help="TuneForge: self-hosted, OpenAI-compatible fine-tuning.", no_args_is_help=True)
 keys_cli = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -38,6 +43,21 @@ def prepare(settings: Settings) -> None:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url)
+
+
+@contextmanager
+def database_session(data_dir: Path | None) -> Iterator[Session]:
+    """A committed-on-success session on the migrated database, for one-shot commands."""
+    from app.db.session import Database
+
+    settings = load_settings(data_dir)
+    prepare(settings)
+    db = Database(settings.resolved_database_url)
+    try:
+        with db.session() as session:
+            yield session
+    finally:
+        db.dispose()
 
 
 @cli.command()
@@ -167,15 +187,10 @@ def keys_create(
     data_dir: DataDir = None,
 ) -> None:
     """Create a key; the secret is printed once, alone on the last line."""
-    from app.db.session import Database
     from app.usecases.keys import create_key
 
-    settings = load_settings(data_dir)
-    prepare(settings)
-    db = Database(settings.resolved_database_url)
-    with db.session() as session:
+    with database_session(data_dir) as session:
         created = create_key(session, project)
-    db.dispose()
     typer.echo(f"project {created.project_name} ({created.project_id}), key id {created.key_id}")
     typer.echo("store this key now; it is shown only once:")
     typer.echo(created.secret)
@@ -187,18 +202,12 @@ def keys_list(
     data_dir: DataDir = None,
 ) -> None:
     """List keys (ids and masked secrets, never the secrets)."""
-    from app.db.session import Database
     from app.usecases.keys import list_keys
 
-    settings = load_settings(data_dir)
-    prepare(settings)
-    db = Database(settings.resolved_database_url)
-    with db.session() as session:
-        rows = list_keys(session, project)
-        for key, proj in rows:
+    with database_session(data_dir) as session:
+        for key, proj in list_keys(session, project):
             status = "revoked" if key.revoked_ns else "active"
             typer.echo(f"{key.id}\t{proj.name}\t{key.display}\t{status}")
-    db.dispose()
 
 
 @keys_cli.command("revoke")
@@ -208,20 +217,14 @@ def keys_revoke(
 ) -> None:
     """Revoke a key; the next request with it gets 401."""
     from app.core.errors import TuneForgeError
-    from app.db.session import Database
     from app.usecases.keys import revoke_key
 
-    settings = load_settings(data_dir)
-    prepare(settings)
-    db = Database(settings.resolved_database_url)
     try:
-        with db.session() as session:
+        with database_session(data_dir) as session:
             revoke_key(session, key_id)
     except TuneForgeError as exc:
         typer.echo(exc.message, err=True)
         raise typer.Exit(1) from exc
-    finally:
-        db.dispose()
     typer.echo(f"revoked {key_id}")
 
 
