@@ -4,6 +4,7 @@ through the runtime LoRA endpoints (the same calls a vLLM server takes)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, 
     log = open(data_dir / "inference.log", "wb")  # noqa: SIM115  (the child owns it)
     inference = subprocess.Popen(
         tuneforge_cmd("inference", "--base-model", "tiny-chat", "--host", "127.0.0.1", "--port", str(port)),
-        env={**__import__("os").environ, **env},
+        env={**os.environ, **env},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
