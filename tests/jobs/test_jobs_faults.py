@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
+from app.db.models import FineTuningJob
 from app.usecases.jobs_events import kinds
+from app.usecases.jobs_reaper import reap_expired
 from tests.conftest import Server
 from tests.jobs.conftest import MakeServer
 from tests.jobs.helpers import (
@@ -99,6 +102,44 @@ def kill_trial(server: Server, golden: Path, victim: str, project: str, after_st
         "killed_after_step": first.last_step,
         "max_abs_difference": difference,
     }
+
+
+def test_a_run_that_loses_its_lease_stops_its_child_and_the_job_resumes(server: Server, golden: Path) -> None:
+    """The reaper takes the job from a live run (as after a freeze or partition): that run's next heartbeat fails,
+    its training process is killed before it can write anything, and a new run resumes from the checkpoint."""
+    db = database(server)
+    project = "lease-lost"
+    job_id = _submit(server, project)
+    first = wait_until(
+        lambda: [a for a in attempts(db, job_id) if a.child_pid and a.last_step and a.last_step >= 5],
+        what="the first run to pass step 5",
+    )[0]
+
+    def expire_and_reap() -> bool:
+        # Expire the lease as a frozen worker would let it expire, then run the real reaper sweep; the live
+        # heartbeat may renew the lease in between, so try until the reaper wins.
+        with db.session() as session:
+            session.execute(
+                update(FineTuningJob)
+                .where(FineTuningJob.id == job_id, FineTuningJob.attempt == first.attempt)
+                .values(lease_expires_ns=1)
+            )
+        return job_id in reap_expired(db).requeued
+
+    wait_until(expire_and_reap, what="the reaper to re-queue the job")
+    wait_until(lambda: not alive(first.child_pid), timeout=60, what="the first run's training process to be killed")
+    job = wait_for(server, project, job_id, ("succeeded", "failed", "cancelled"), timeout=240)
+    assert job.status == "succeeded", job.error
+    runs = attempts(db, job_id)
+    assert len(runs) == 2
+    no_overlap(runs)
+    assert runs[1].resumed_from_step is not None and runs[1].first_step == runs[1].resumed_from_step + 1
+    stale = [c for c in checkpoints(db, job_id) if c.attempt == first.attempt]
+    assert stale and all(c.step <= runs[1].resumed_from_step for c in stale)  # nothing recorded after losing it
+    first_output = Path(stale[0].path).parent.parent
+    assert not (first_output / "adapter").exists(), "the stale run's training process ran on to the end"
+    difference = adapter_difference(adapter_dir(db, job.fine_tuned_model), golden)
+    assert difference <= TOLERANCE, f"resumed adapter differs from the uninterrupted run's by {difference}"
 
 
 def test_kill_training_child_resumes_from_checkpoint(server: Server, golden: Path) -> None:
