@@ -104,6 +104,9 @@ def test_bad_requests_use_the_error_envelope(server: Server) -> None:
             expires_after={"anchor": "created_at", "seconds": 5},
         )
     assert err.value.param == "expires_after[seconds]"
+    for limit in (0, 10_001):  # 10,000 is TUNEFORGE_LIST_LIMIT_MAX's default, as OpenAI documents
+        too_many = httpx.get(f"{server.base_url}/v1/files", headers=headers, params={"limit": limit})
+        assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "limit"
     unknown = httpx.get(f"{server.base_url}/v1/nowhere", headers=headers)
     assert unknown.status_code == 404 and set(unknown.json()["error"]) == {"message", "type", "param", "code"}
     assert unknown.headers["x-request-id"].startswith("req_")
