@@ -196,18 +196,7 @@ def record_checkpoint(db: Database, job_id: str, attempt: int, event: dict[str, 
         name = checkpoint_name(job, project_name(session, job.project_id), step)
         metrics = checkpoint_metrics(step, event.get("metrics"))
         session.add(
-            FineTuningCheckpoint(
-                id=new_id("ftckpt_"),
-                job_id=job_id,
-                project_id=job.project_id,
-                attempt=attempt,
-                step=step,
-                path=str(event["path"]),
-                sha256=str(event.get("sha256") or ""),
-                metrics=metrics,
-                model_name=name,
-                created_ns=now_ns(),
-            )
+            _checkpoint_row(job, attempt, step, str(event["path"]), str(event.get("sha256") or ""), metrics, name)
         )
         _register(session, name, job, "checkpoint", str(event["path"]), step)
         _retire_pruned_checkpoints(session, job_id)
@@ -219,6 +208,23 @@ def record_checkpoint(db: Database, job_id: str, attempt: int, event: dict[str, 
             attempt=attempt,
             data={},
         )
+
+
+def _checkpoint_row(
+    job: FineTuningJob, attempt: int, step: int, path: str, sha256: str, metrics: dict[str, Any], name: str
+) -> FineTuningCheckpoint:
+    return FineTuningCheckpoint(
+        id=new_id("ftckpt_"),
+        job_id=job.id,
+        project_id=job.project_id,
+        attempt=attempt,
+        step=step,
+        path=path,
+        sha256=sha256,
+        metrics=metrics,
+        model_name=name,
+        created_ns=now_ns(),
+    )
 
 
 def _retire_pruned_checkpoints(session: Session, job_id: str) -> None:
@@ -308,20 +314,7 @@ def finish_succeeded(db: Database, storage: BlobStore, job_id: str, attempt: int
         if existing is not None:
             existing.model_name = name  # OpenAI names the final checkpoint after the model itself
         else:
-            session.add(
-                FineTuningCheckpoint(
-                    id=new_id("ftckpt_"),
-                    job_id=job_id,
-                    project_id=job.project_id,
-                    attempt=attempt,
-                    step=final_step,
-                    path=adapter_dir,
-                    sha256="",
-                    metrics=final_metrics,
-                    model_name=name,
-                    created_ns=now_ns(),
-                )
-            )
+            session.add(_checkpoint_row(job, attempt, final_step, adapter_dir, "", final_metrics, name))
         _register(session, name, job, "fine_tuned", adapter_dir, None)
         if result.get("hyperparameters"):
             job.resolved = dict(result["hyperparameters"])
