@@ -8,7 +8,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from engine.fsutil import fsync_dir, fsync_file, sha256_file
@@ -92,14 +92,15 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def prune(root: Path, keep: int, protect: Path | None = None) -> None:
-    """Delete all but the newest `keep` checkpoints (never `protect`) and leftover temp dirs."""
+def prune(root: Path, keep: int, protect: Path | Sequence[Path] | None = None) -> None:
+    """Delete all but the newest `keep` checkpoints (never the protected ones) and leftover temp dirs."""
     for p in root.glob(".step-*"):
         shutil.rmtree(p, ignore_errors=True)
+    kept = {q.resolve() for q in ([protect] if isinstance(protect, Path) else protect or [])}
     ckpts = list_checkpoints(root)
     doomed = ckpts[: max(0, len(ckpts) - keep)]
     for _, p in doomed:
-        if protect is None or p.resolve() != protect.resolve():
+        if p.resolve() not in kept:
             shutil.rmtree(p, ignore_errors=True)
     if doomed:
         fsync_dir(root)

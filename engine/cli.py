@@ -28,14 +28,20 @@ def main(argv: list[str] | None = None) -> int:
     p_train = sub.add_parser("train", help="run one training job from a JSON spec")
     p_train.add_argument("spec")
     p_train.add_argument("--control-dir", default=None)
-    sub.add_parser("build-tiny-chat", help="build tiny-chat under DATA_DIR/models").add_argument("data_dir")
+    p_build = sub.add_parser("build-tiny-chat", help="build (pretrain) tiny-chat under DATA_DIR/models")
+    p_build.add_argument("data_dir")
+    p_build.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the recipe's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
 
     if args.command == "build-tiny-chat":
-        from engine.models import ensure_base_model
+        from dataclasses import replace
 
-        print(ensure_base_model("tiny-chat", args.data_dir), file=sys.stderr)
+        from engine.models import ensure_base_model
+        from engine.tinychat import Recipe
+
+        recipe = Recipe() if args.steps is None else replace(Recipe(), steps=args.steps)
+        print(ensure_base_model("tiny-chat", args.data_dir, recipe=recipe), file=sys.stderr)
         return 0
 
     out = _event_stream()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.chat import render
+from engine.formats.fitting import Fitted, fit_pair, fit_sft, prompt_completion_messages
 
 
 class DatasetError(ValueError):
@@ -54,15 +54,26 @@ class LoadReport:
     """What happened to the lines while tokenizing; surfaced as message events before training."""
 
     n_lines: int = 0
-    truncated_lines: list[int] = field(default_factory=list)
+    truncated_lines: list[int] = field(default_factory=list)  # oldest turns dropped to fit
+    dropped_lines: list[int] = field(default_factory=list)  # too long even with only the last exchange
     untrainable_lines: list[int] = field(default_factory=list)
 
 
-def _truncate(ids: list[int], mask: list[int], max_len: int, line: int, report: LoadReport) -> Example:
-    if len(ids) > max_len:
+def _example(fitted: Fitted, side: int, line: int) -> Example:
+    return Example(ids=fitted.ids[side], mask=fitted.masks[side], line=line)
+
+
+def _tally(fitted: Fitted, line: int, report: LoadReport) -> bool:
+    """Record what fitting did to a line; True when it is kept for training."""
+    if fitted.outcome == "dropped":
+        report.dropped_lines.append(line)
+        return False
+    if fitted.outcome == "truncated":
         report.truncated_lines.append(line)
-        ids, mask = ids[:max_len], mask[:max_len]
-    return Example(ids=ids, mask=mask, line=line)
+    if fitted.n_trainable == 0 or not all(sum(mask[1:]) for mask in fitted.masks):
+        report.untrainable_lines.append(line)
+        return False
+    return True
 
 
 def _sft_messages(obj: dict[str, Any], fmt: str, line: int) -> list[dict[str, Any]]:
@@ -72,29 +83,27 @@ def _sft_messages(obj: dict[str, Any], fmt: str, line: int) -> list[dict[str, An
             raise DatasetError(f"line {line}: 'messages' must be a non-empty list")
         return msgs
     if fmt == "prompt_completion":
-        return [
-            {"role": "user", "content": str(obj.get("prompt", ""))},
-            {"role": "assistant", "content": str(obj.get("completion", ""))},
-        ]
+        return prompt_completion_messages(obj)
     raise DatasetError(f"line {line}: a {fmt} line cannot be used for supervised fine-tuning")
 
 
 def load_sft(
     path: str | Path, tokenizer: Any, *, max_seq_length: int, train_on_inputs: bool
 ) -> tuple[list[Example], LoadReport]:
-    """Tokenize a chat or prompt/completion JSONL file; examples without a trainable token are dropped."""
+    """Tokenize a chat or prompt/completion JSONL file, fitting each example into max_seq_length.
+
+    Over-long conversations lose their oldest turns (engine.formats.fitting); examples that cannot fit, or have
+    no trainable token, are left out and listed in the report.
+    """
     report = LoadReport()
     out: list[Example] = []
     try:
         for line, obj in iter_jsonl(path):
             report.n_lines += 1
             msgs = _sft_messages(obj, _format_of(obj), line)
-            ids, mask = render(tokenizer, msgs, train_on_inputs=train_on_inputs)
-            ex = _truncate(ids, mask, max_seq_length, line, report)
-            if ex.n_trainable == 0:
-                report.untrainable_lines.append(line)
-                continue
-            out.append(ex)
+            fitted = fit_sft(tokenizer, msgs, max_seq_length, train_on_inputs=train_on_inputs)
+            if _tally(fitted, line, report):
+                out.append(_example(fitted, 0, line))
     except (ValueError, TypeError) as err:  # bad JSON or a template failure both name the line
         raise DatasetError(str(err)) from None
     return out, report
@@ -121,17 +130,9 @@ def load_dpo(path: str | Path, tokenizer: Any, *, max_seq_length: int) -> tuple[
             if _format_of(obj) != "preference":
                 raise DatasetError(f"line {line}: DPO needs the preference format (input, preferred_output, ...)")
             msgs, pref, non = _pref_messages(obj, line)
-            sides = []
-            n_trunc_before = len(report.truncated_lines)
-            for completion in (pref, non):
-                ids, mask = render(tokenizer, [*msgs, completion], last_only=True)
-                sides.append(_truncate(ids, mask, max_seq_length, line, report))
-            if len(report.truncated_lines) - n_trunc_before > 1:
-                report.truncated_lines.pop()  # count a pair once
-            if sides[0].n_trainable == 0 or sides[1].n_trainable == 0:
-                report.untrainable_lines.append(line)
-                continue
-            out.append(Pair(chosen=sides[0], rejected=sides[1], line=line))
+            fitted = fit_pair(tokenizer, msgs, pref, non, max_seq_length)
+            if _tally(fitted, line, report):
+                out.append(Pair(chosen=_example(fitted, 0, line), rejected=_example(fitted, 1, line), line=line))
     except (ValueError, TypeError) as err:
         raise DatasetError(str(err)) from None
     return out, report

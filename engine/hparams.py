@@ -45,6 +45,9 @@ class Resolved(BaseModel):
     n_checkpoints: int
     checkpoint_interval: int | None
     packing: bool
+    validation_split: float | None = None
+    early_stopping_patience: int | None = None
+    checkpoint_selection: str = "best"
     seed: int
     total_steps: int
     steps_per_epoch: int
@@ -102,6 +105,9 @@ def resolve(spec: TrainSpec, n_examples: int) -> Resolved:
         n_checkpoints=hp.n_checkpoints,
         checkpoint_interval=hp.checkpoint_interval,
         packing=hp.packing,
+        validation_split=hp.validation_split,
+        early_stopping_patience=hp.early_stopping_patience,
+        checkpoint_selection=hp.checkpoint_selection,
         seed=spec.seed,
         total_steps=total,
         steps_per_epoch=steps_per_epoch,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.fsutil import fsync_dir, fsync_tree
-from engine.tinychat import TINY_CHAT, build_tiny_chat
+from engine.tinychat import TINY_CHAT, Recipe, build_tiny_chat
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 ALLOWED_HUB_ENV = "TUNEFORGE_ALLOWED_BASE_MODELS"
@@ -72,7 +72,7 @@ def _file_lock(lock_path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _build_tiny_chat(models_dir: Path) -> Path:
+def _build_tiny_chat(models_dir: Path, recipe: Recipe | None = None) -> Path:
     final = models_dir / TINY_CHAT
     if final.is_dir():
         return final
@@ -83,7 +83,7 @@ def _build_tiny_chat(models_dir: Path) -> Path:
             return final
         tmp = models_dir / f".{TINY_CHAT}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
-            build_tiny_chat(tmp)
+            build_tiny_chat(tmp, recipe)
             fsync_tree(tmp)
             try:
                 os.rename(tmp, final)
@@ -97,12 +97,21 @@ def _build_tiny_chat(models_dir: Path) -> Path:
     return final
 
 
+def is_built(name: str, data_dir: str | Path) -> bool:
+    """Whether a model built on first use (tiny-chat) is already under data_dir."""
+    return (Path(data_dir) / "models" / name).is_dir()
+
+
 def _allowed_hub_ids() -> set[str]:
     return {s.strip() for s in os.environ.get(ALLOWED_HUB_ENV, "").split(",") if s.strip()}
 
 
 def ensure_base_model(
-    name_or_path: str, data_dir: str | Path, *, allowed_hub_ids: Sequence[str] | None = None
+    name_or_path: str,
+    data_dir: str | Path,
+    *,
+    allowed_hub_ids: Sequence[str] | None = None,
+    recipe: Recipe | None = None,
 ) -> Path:
     """Return a local directory for a base model: tiny-chat (built on first use), a local dir, or a cached hub id.
 
@@ -112,7 +121,7 @@ def ensure_base_model(
     models_dir = Path(data_dir) / "models"
     if name_or_path == TINY_CHAT:
         models_dir.mkdir(parents=True, exist_ok=True)
-        return _build_tiny_chat(models_dir)
+        return _build_tiny_chat(models_dir, recipe)
     local = Path(name_or_path)
     if local.is_dir():
         _require_safetensors(local)

@@ -21,6 +21,8 @@ class TrainResult:
     error: dict[str, Any] | None = None
     checkpoint: dict[str, Any] | None = None
     final_metrics: dict[str, Any] | None = None
+    evaluation: dict[str, Any] | None = None  # base-vs-tuned summary (engine.run_eval)
+    selected_step: int | None = None  # the step whose weights were published
     invalid: bool = False  # a failure caused by the spec or dataset (exit code 2)
 
     @property
@@ -41,4 +43,6 @@ class TrainResult:
             "error": self.error,
             "checkpoint": self.checkpoint,
             "metrics": self.final_metrics or {},
+            "evaluation": self.evaluation,
+            "selected_step": self.selected_step,
         }

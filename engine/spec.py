@@ -36,6 +36,12 @@ class Hyperparameters(BaseModel):
     grad_norm_limit: Annotated[float, Field(gt=0)] = 1e4
     # Upper bound on tokens in one packed micro-batch; larger batches are split and their gradients accumulated.
     max_tokens_per_micro_batch: Annotated[int, Field(ge=64)] = 16384
+    # A seeded share of the training file held out as validation data when no validation file is given.
+    validation_split: Annotated[float, Field(gt=0, lt=0.5)] | None = None
+    # Stop once validation loss has risen for this many evaluations in a row while training loss fell.
+    early_stopping_patience: Annotated[int, Field(ge=1, le=100)] | None = None
+    # With validation data, publish the checkpoint with the lowest validation loss ("best") or the last one.
+    checkpoint_selection: Literal["best", "last"] = "best"
 
 
 class Tuning(BaseModel):
@@ -57,6 +63,24 @@ class Tuning(BaseModel):
         return v
 
 
+class EvalSpec(BaseModel):
+    """How much evaluation a run does and when it warns; operator settings, not user hyperparameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    # Validation examples scored at each evaluation; the final `full_valid_loss` always uses all of them.
+    valid_examples: Annotated[int, Field(ge=1)] = 256
+    generation_examples: Annotated[int, Field(ge=0)] = 16
+    generation_max_tokens: Annotated[int, Field(ge=1)] = 64
+    generation_max_seconds: Annotated[float, Field(gt=0)] = 60.0
+    probe_tokens: Annotated[int, Field(ge=0)] = 4096
+    probe_per_skill: Annotated[int, Field(ge=0)] = 16
+    forgetting_loss_increase: Annotated[float, Field(ge=0)] = 0.25
+    forgetting_skill_drop: Annotated[float, Field(ge=0, le=1)] = 0.15
+    overfitting_patience: Annotated[int, Field(ge=1)] = 2
+
+
 class TrainSpec(BaseModel):
     """Everything one training run needs; unknown fields are rejected."""
 
@@ -70,6 +94,7 @@ class TrainSpec(BaseModel):
     method: Literal["supervised", "dpo"] = "supervised"
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     tuning: Tuning = Field(default_factory=Tuning)
+    evaluation: EvalSpec = Field(default_factory=EvalSpec)
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = DEFAULT_SEED
     resume_from: str | None = None
     init_from: str | None = None
@@ -83,6 +108,9 @@ class TrainSpec(BaseModel):
     def _consistent(self) -> TrainSpec:
         if self.resume_from and self.init_from:
             raise ValueError("resume_from and init_from are mutually exclusive")
+        if self.validation_file and self.hyperparameters.validation_split is not None:
+            raise ValueError("validation_split holds out part of the training file; it cannot be combined with a "
+                             "validation_file")
         return self
 
 

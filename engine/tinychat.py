@@ -1,18 +1,21 @@
-"""Deterministic construction of the `tiny-chat` base model: BPE tokenizer from the shipped corpus + random Llama."""
+"""Deterministic construction of the `tiny-chat` base model: BPE tokenizer and a short pretraining run, no network."""
 
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.chat import CHAT_TEMPLATE, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS
-from engine.corpus import CORPUS_PATH
+from engine.skills import CHANCE
+from engine.tinychat_bpe import train_tiny_chat_bpe
+
+log = logging.getLogger("engine.tinychat")
 
 TINY_CHAT = "tiny-chat"
 TINY_CHAT_SEED = 20240611
-LM_HEAD_STD = 0.08
-VOCAB_SIZE = 4096  # BPE target; the model uses the size the trainer actually reached
 
 # Small enough to train on two CPU cores in seconds, big enough to memorise a handful of facts.
 TINY_CHAT_CONFIG: dict[str, Any] = {
@@ -29,22 +32,34 @@ TINY_CHAT_CONFIG: dict[str, Any] = {
 }
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides the pretrained weights; recorded in tinychat.json."""
+
+    seed: int = 20240611
+    steps: int = 150
+    batch_tokens: int = 4096
+    learning_rate: float = 3e-3
+    warmup_steps: int = 30
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    skill_pairs: int = 9000
+    greetings: int = 600
+    multi_turn_share: float = 0.15
+    max_seq_tokens: int = 256
+    # Fixed, so the float reductions (and so the weights) do not depend on how many cores the machine has.
+    threads: int = 2
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def build_tokenizer(out_dir: Path) -> None:
     """Train a byte-level BPE on the shipped corpus and save it (with chat template) as a HF fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        min_frequency=2,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train([str(CORPUS_PATH)], trainer)
+    tok = train_tiny_chat_bpe()
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token=EOS_TOKEN,
@@ -59,11 +74,20 @@ def build_tokenizer(out_dir: Path) -> None:
     fast.save_pretrained(str(out_dir))
 
 
-def build_tiny_chat(out_dir: Path) -> None:
-    """Write tokenizer, config and seeded random weights (safetensors) into out_dir."""
+def build_tiny_chat(out_dir: Path, recipe: Recipe | None = None) -> None:
+    """Write tokenizer, config and pretrained weights (safetensors) into out_dir, plus tinychat.json.
+
+    Seeded weights, then a short seeded pretraining run (engine.pretrain) on the shipped corpus and generated
+    skill conversations; tinychat.json records the recipe, the content hash and the probe scores it reached.
+    """
     import torch
     from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
+    from engine.models import content_hash, tokenizer_hash
+    from engine.pretrain import pretrain
+    from engine.probes import run_probes
+
+    recipe = recipe or Recipe()
     out_dir.mkdir(parents=True, exist_ok=True)
     build_tokenizer(out_dir)
     tok = AutoTokenizer.from_pretrained(str(out_dir))
@@ -76,14 +100,24 @@ def build_tiny_chat(out_dir: Path) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_CHAT_SEED)
         model = LlamaForCausalLM(config)
-        # With std 0.02 the largest reachable logit is ~5, so an adapter (which cannot touch lm_head or the final
-        # norm) could never make a confident prediction; a wider head gives it the dynamic range to learn facts.
-        torch.nn.init.normal_(model.lm_head.weight, mean=0.0, std=LM_HEAD_STD)
+    log.info("pretraining tiny-chat: %d steps of about %d tokens", recipe.steps, recipe.batch_tokens)
+    summary = pretrain(model, tok, recipe)
+    probes = run_probes(model, tok, torch.device("cpu"), with_skills=True)
     model.generation_config = GenerationConfig(eos_token_id=eos_id, pad_token_id=pad_id)
     model.save_pretrained(str(out_dir), safe_serialization=True)
     (out_dir / "tinychat.json").write_text(
         json.dumps(
-            {"name": TINY_CHAT, "seed": TINY_CHAT_SEED, "lm_head_std": LM_HEAD_STD, "config": TINY_CHAT_CONFIG},
+            {
+                "name": TINY_CHAT,
+                "seed": TINY_CHAT_SEED,
+                "config": TINY_CHAT_CONFIG,
+                "recipe": recipe.as_dict(),
+                "pretraining": summary,
+                "probes": probes.as_dict(),
+                "skills_chance": CHANCE,
+                "content_sha256": content_hash(out_dir),
+                "tokenizer_sha256": tokenizer_hash(out_dir),
+            },
             indent=2,
             sort_keys=True,
         )

@@ -19,11 +19,13 @@ from engine.control import Control
 from engine.data import DatasetError, Example, LoadReport, Pair, load_dpo, load_sft
 from engine.hparams import Resolved, resolve
 from engine.metrics import MetricsCSV
-from engine.models import default_device_dtype, ensure_base_model, load_tokenizer
+from engine.models import default_device_dtype, ensure_base_model, is_built, load_tokenizer
 from engine.modelsetup import is_adapter_dir, load_trainable_weights, make_trainable, save_weights
 from engine.objectives import dpo_loss, micro_batches, sequence_logps, sft_forward
 from engine.result import TrainResult
+from engine.run_eval import RunEvaluator
 from engine.spec import SpecError, TrainSpec, parse_spec
+from engine.tinychat import TINY_CHAT
 
 log = logging.getLogger("engine.train")
 EventSink = Callable[[dict[str, Any]], None]
@@ -65,10 +67,18 @@ class _Run:
         self.last_metrics: dict[str, Any] = {}
         self.hp: Resolved | None = None
         self.ref: dict[str, torch.Tensor] = {}
+        self.valid_set: list[Any] = []
+        self.validation_source: str | None = None
+        self.evaluator = RunEvaluator(self)
+        self.evaluation: dict[str, Any] | None = None
+        self.selected_step: int | None = None
 
     # ----- setup -------------------------------------------------------------------------------------------
-    def _message(self, level: str, message: str, **extra: Any) -> None:
+    def message(self, level: str, message: str, **extra: Any) -> None:
+        """A free-text event; `code` (if given) names what it is about for clients and tests."""
         self.emit({"type": "message", "level": level, "message": message, **extra})
+
+    _message = message
 
     def _report(self, name: str, rep: LoadReport) -> None:
         max_len = self.spec.hyperparameters.max_seq_length
@@ -76,14 +86,22 @@ class _Run:
             self._message(
                 "warn",
                 f"{name}: {len(rep.truncated_lines)} of {rep.n_lines} examples are longer than max_seq_length="
-                f"{max_len} tokens and were truncated",
+                f"{max_len} tokens and lost their oldest turns (system messages and the latest answers kept)",
                 code="truncated", file=name, count=len(rep.truncated_lines),
                 lines=rep.truncated_lines[:_MAX_LISTED_LINES],
+            )
+        if rep.dropped_lines:
+            self._message(
+                "warn",
+                f"{name}: {len(rep.dropped_lines)} examples do not fit max_seq_length={max_len} tokens even with "
+                f"only their last exchange and are skipped: lines {rep.dropped_lines[:_MAX_LISTED_LINES]}",
+                code="too_long", file=name, count=len(rep.dropped_lines),
+                lines=rep.dropped_lines[:_MAX_LISTED_LINES],
             )
         if rep.untrainable_lines:
             self._message(
                 "warn",
-                f"{name}: {len(rep.untrainable_lines)} examples have no trainable token (after truncation) and are "
+                f"{name}: {len(rep.untrainable_lines)} examples have no trainable token (after fitting) and are "
                 f"skipped: lines {rep.untrainable_lines[:_MAX_LISTED_LINES]}",
                 code="no_trainable_tokens", file=name, count=len(rep.untrainable_lines),
                 lines=rep.untrainable_lines[:_MAX_LISTED_LINES],
@@ -92,7 +110,7 @@ class _Run:
     def _load(self, path: str, name: str) -> list[Any]:
         hp = self.spec.hyperparameters
         if not Path(path).is_file():
-            raise RunStopped("failed", "invalid_dataset", f"{name}: {path} does not exist", invalid=True)
+            raise RunStopped("failed", "invalid_dataset", f"{name}: the file does not exist", invalid=True)
         items: list[Any]
         try:
             if self.spec.method == "dpo":
@@ -116,6 +134,9 @@ class _Run:
         random.seed(spec.seed)
         torch.manual_seed(spec.seed)
         self.device, self.dtype = default_device_dtype()
+        if spec.base_model == TINY_CHAT and not is_built(TINY_CHAT, spec.data_dir):
+            self.message("info", "Building the tiny-chat base model (first use on this server only; a short "
+                                 "pretraining run of a few minutes)", code="building_base_model")
         try:
             base_path = ensure_base_model(spec.base_model, spec.data_dir)
         except (ValueError, FileNotFoundError) as err:
@@ -123,10 +144,15 @@ class _Run:
         self.tokenizer = load_tokenizer(base_path)
         self._check_control()
         self.train_set = self._load(spec.training_file, "training_file")
-        self.valid_set = self._load(spec.validation_file, "validation_file") if spec.validation_file else []
+        if spec.validation_file:
+            self.valid_set, self.validation_source = self._load(spec.validation_file, "validation_file"), "file"
+        elif spec.hyperparameters.validation_split is not None:
+            self._split_validation(spec.hyperparameters.validation_split)
         if not self.train_set:
             raise RunStopped("failed", "invalid_dataset", "training_file: no example has a trainable token",
                              invalid=True)
+        # A fixed, seeded order: every evaluation scores the same leading subset, base and checkpoints alike.
+        random.Random(spec.seed + 1).shuffle(self.valid_set)
         self.hp = resolve(spec, len(self.train_set))
         if spec.resume_from:
             try:
@@ -134,7 +160,7 @@ class _Run:
             except CheckpointError as err:
                 raise RunStopped("failed", "invalid_checkpoint", f"resume_from: {err}", invalid=True) from None
         if spec.init_from and not Path(spec.init_from).is_dir():
-            raise RunStopped("failed", "invalid_init", f"init_from: {spec.init_from} is not a directory", invalid=True)
+            raise RunStopped("failed", "invalid_init", "init_from: the model to continue from is gone", invalid=True)
         self.ident: Identity = identify(spec.base_model, base_path, self.tokenizer, spec.training_file,
                                         spec.validation_file)
         self._check_control()
@@ -144,6 +170,7 @@ class _Run:
             "hyperparameters": self.hp.model_dump(),
             "n_examples": len(self.train_set),
             "n_validation_examples": len(self.valid_set),
+            "validation_source": self.validation_source,
             "trained_tokens_estimate": self._tokens_per_epoch() * self.hp.n_epochs,
             "method": spec.method,
             "tuning": self.kind,
@@ -154,6 +181,21 @@ class _Run:
             self._restore(Path(spec.resume_from))
         elif spec.method == "dpo":
             self.ref = self._reference_logps()
+
+    def _split_validation(self, share: float) -> None:
+        """Hold out a seeded share of the training examples (at least one, never all) as validation data."""
+        n = len(self.train_set)
+        if n < 2:
+            return
+        k = min(n - 1, max(1, round(share * n)))
+        order = list(range(n))
+        random.Random(self.spec.seed).shuffle(order)
+        held = set(order[:k])
+        self.valid_set = [e for i, e in enumerate(self.train_set) if i in held]
+        self.train_set = [e for i, e in enumerate(self.train_set) if i not in held]
+        self.validation_source = "split"
+        self.message("info", f"validation_split: {k} of {n} training examples held out as validation data",
+                     code="validation_split", count=k)
 
     def _tokens_per_epoch(self) -> int:
         if self.spec.method == "dpo":
@@ -292,16 +334,19 @@ class _Run:
                 "learning_rate": lr, "tokens": tokens}
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float] | None:
-        """Validation loss and mean token accuracy (DPO: loss and preference accuracy)."""
+    def evaluate(self, limit: int | None = None) -> tuple[float, float] | None:
+        """Validation loss and mean token accuracy (DPO: loss and preference accuracy), over the first `limit`
+        validation examples (all by default)."""
         if not self.valid_set:
             return None
+        subset = self.valid_set[:limit] if limit else self.valid_set
+        was_training = self.model.training
         self.model.eval()
         try:
             if self.spec.method == "dpo":
                 assert self.hp is not None and self.hp.beta is not None
                 losses, wins, k = 0.0, 0, 0
-                for group in self._pair_groups(self.valid_set):
+                for group in self._pair_groups(subset):
                     pc, pr = self._policy_logps(group)
                     rows = slice(k, k + len(group))
                     ls, m = dpo_loss(pc, pr, self.ref["valid_chosen"][rows].to(pc),
@@ -311,21 +356,40 @@ class _Run:
                     k += len(group)
                 return losses / k, wins / k
             loss_sum, correct, total = 0.0, 0, 0
-            for g in micro_batches([len(e.ids) for e in self.valid_set],
-                                   self.spec.hyperparameters.max_tokens_per_micro_batch):
-                st = sft_forward(self.model, [self.valid_set[i] for i in g], self.device)
+            for g in micro_batches([len(e.ids) for e in subset], self.spec.hyperparameters.max_tokens_per_micro_batch):
+                st = sft_forward(self.model, [subset[i] for i in g], self.device)
                 loss_sum += float(st.loss_sum)
                 correct += st.n_correct
                 total += st.n_tokens
             return loss_sum / max(1, total), correct / max(1, total)
         finally:
-            self.model.train()
+            self.model.train(was_training)
+
+    @torch.no_grad()
+    def valid_logps(self) -> tuple[list[float], list[float]]:
+        """Policy log-probabilities of every validation pair's chosen and rejected completion (DPO)."""
+        was_training = self.model.training
+        self.model.eval()
+        chosen: list[float] = []
+        rejected: list[float] = []
+        try:
+            for group in self._pair_groups(self.valid_set):
+                c, r = self._policy_logps(group)
+                chosen += c.tolist()
+                rejected += r.tolist()
+        finally:
+            self.model.train(was_training)
+        return chosen, rejected
 
     # ----- checkpoints -------------------------------------------------------------------------------------------
     def _manifest(self) -> dict[str, Any]:
         assert self.hp is not None
-        return manifest(self.ident, kind=self.kind, spec=self.spec.model_dump(), hparams=self.hp.model_dump(),
-                        step=self.step, trained_tokens=self.trained_tokens, metrics=self.last_metrics)
+        man = manifest(self.ident, kind=self.kind, spec=self.spec.model_dump(), hparams=self.hp.model_dump(),
+                       step=self.selected_step if self.selected_step is not None else self.step,
+                       trained_tokens=self.trained_tokens, metrics=self.last_metrics)
+        if self.evaluation is not None:
+            man["evaluation"] = self.evaluation
+        return man
 
     def _fingerprint(self) -> dict[str, Any]:
         assert self.hp is not None
@@ -351,10 +415,15 @@ class _Run:
             if self.ref:
                 save_file({k: v.contiguous() for k, v in self.ref.items()}, str(d / "reference_logps.safetensors"))
             write_json(d / "state.json", {"step": self.step, "trained_tokens": self.trained_tokens,
-                                          "fingerprint": self._fingerprint(), "metrics": self.last_metrics})
+                                          "fingerprint": self._fingerprint(), "metrics": self.last_metrics,
+                                          "evaluation": evaluation_state})
 
+        # The evaluator learns of this checkpoint before its state is saved, so a resumed run knows the best one.
+        path = self.out / "checkpoints" / f"step-{self.step}"
+        self.evaluator.note_checkpoint(self.step, str(path), self.last_metrics.get("valid_loss"))
+        evaluation_state = self.evaluator.state()
         path, sha = write_checkpoint(self.out / "checkpoints", self.step, fill)
-        prune(self.out / "checkpoints", keep, protect=path)
+        prune(self.out / "checkpoints", keep, protect=[p for p in (path, self.evaluator.protected()) if p])
         self.last_ckpt = {"step": self.step, "path": str(path), "sha256": sha}
         self.emit({"type": "checkpoint", **self.last_ckpt, "metrics": dict(self.last_metrics)})
         return self.last_ckpt
@@ -380,8 +449,9 @@ class _Run:
         self.step = int(state["step"])
         self.trained_tokens = int(state["trained_tokens"])
         self.last_metrics = dict(state.get("metrics") or {})
+        self.evaluator.restore(state.get("evaluation"))
         self.last_ckpt = {"step": self.step, "path": str(ckpt.resolve()), "sha256": self.ckpt_sha}
-        self._message("info", f"resumed from {ckpt} at step {self.step}")
+        self.message("info", f"resumed from the checkpoint of step {self.step}", code="resumed", step=self.step)
 
     # ----- main loop ------------------------------------------------------------------------------------------
     def _due_checkpoint(self) -> bool:
@@ -398,6 +468,11 @@ class _Run:
         hp = self.hp
         csv = MetricsCSV(self.out / "metrics.csv", resume_step=self.step if self.spec.resume_from else None)
         orders: dict[int, list[int]] = {}
+        if not self.spec.resume_from:
+            self.evaluator.before_training()
+            base = self.evaluator.base or {}
+            if base.get("valid_loss") is not None:  # step 0 is the starting model
+                csv.write(0, None, None, base["valid_loss"], base.get("valid_mean_token_accuracy"))
         self._message("info", f"training steps {self.step + 1}..{hp.total_steps}", code="loop_started")
         while self.step < hp.total_steps:
             req = self.control.poll()
@@ -412,21 +487,45 @@ class _Run:
             idx = orders[epoch][k * hp.batch_size:(k + 1) * hp.batch_size]
             m = self._train_step(idx)
             self.step += 1
+            self.evaluator.record_train_loss(m["train_loss"])
+            due = self._due_checkpoint()
             event: dict[str, Any] = {"type": "metrics", "step": self.step, "total_steps": hp.total_steps,
                                      "train_loss": m["train_loss"],
                                      "train_mean_token_accuracy": m["train_mean_token_accuracy"],
                                      "grad_norm": m["grad_norm"], "learning_rate": m["learning_rate"],
                                      "trained_tokens": self.trained_tokens}
             valid = None
-            if self.step % hp.eval_interval == 0 or self.step == hp.total_steps:
-                valid = self.evaluate()
+            # Every checkpoint is also an evaluation, so each one carries the valid_loss best selection compares.
+            if self.step % hp.eval_interval == 0 or self.step == hp.total_steps or due:
+                valid = self.evaluate(limit=self.spec.evaluation.valid_examples)
                 if valid is not None:
                     event["valid_loss"], event["valid_mean_token_accuracy"] = valid
             csv.write(self.step, m["train_loss"], m["train_mean_token_accuracy"], *(valid or (None, None)))
             self.last_metrics = {k: v for k, v in event.items() if k not in ("type", "total_steps")}
             self.emit(event)
-            if self._due_checkpoint():
+            stop = False
+            if valid is not None:
+                best_so_far = self.evaluator.is_new_best(valid[0])
+                stop = self.evaluator.after_evaluation(self.step, valid[0])
+                # A new best between regular checkpoints gets its own, so it can be the one published.
+                due = due or (best_so_far and hp.n_checkpoints > 0 and self.evaluator.selection == "best")
+            if due:
                 self.checkpoint(keep=hp.n_checkpoints)
+            if stop:
+                break
+
+    def finalize(self) -> None:
+        """Choose the weights to publish and measure them against the starting model."""
+        selected = self.evaluator.select()
+        if selected != self.step and self.evaluator.best is not None:
+            state = json.loads((Path(self.evaluator.best["path"]) / "state.json").read_text())
+            self.last_metrics = dict(state.get("metrics") or {})
+        self.selected_step = selected
+        self.evaluation = self.evaluator.finish(selected)
+        full_loss = self.evaluation.get("full_valid_loss")
+        if full_loss is not None:
+            self.last_metrics["full_valid_loss"] = full_loss
+            self.last_metrics["full_valid_mean_token_accuracy"] = self.evaluation.get("full_valid_mean_token_accuracy")
 
     def publish(self) -> str:
         """Write the final adapter (or model) dir with its manifest, atomically; return its path."""
@@ -447,7 +546,8 @@ class _Run:
         return TrainResult(
             status=status, output_dir=str(self.out), metrics_csv=str(csv_path) if csv_path.is_file() else None,
             trained_tokens=self.trained_tokens, hyperparameters=self.hp.model_dump() if self.hp else None,
-            checkpoint=self.last_ckpt, final_metrics=dict(self.last_metrics), **kw,
+            checkpoint=self.last_ckpt, final_metrics=dict(self.last_metrics), evaluation=self.evaluation,
+            selected_step=self.selected_step, **kw,
         )
 
 
@@ -474,6 +574,7 @@ def train(
         req = control.poll()
         if req == "cancel":
             raise RunStopped("cancelled", None, "cancelled after the last step")
+        run.finalize()
         res = run.result("succeeded", adapter_dir=run.publish())
     except RunStopped as stop:
         error = {"code": stop.code, "message": stop.message} if stop.status == "failed" else None

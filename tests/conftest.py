@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,12 +16,20 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.model_cache import CACHE_ENV, seed_tiny_chat
+
 REPO = Path(__file__).resolve().parents[1]
 POSTGRES_URL = os.environ.get(
     "TUNEFORGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REDIS_URL = os.environ.get("TUNEFORGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE_SERVICES = os.environ.get("TUNEFORGE_REQUIRE_SERVICES") == "1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One tiny-chat build per run (tests/model_cache.py), in a fresh folder unless the caller chose one."""
+    if not os.environ.get(CACHE_ENV):
+        os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="tf-model-cache-")
 
 
 def _reachable(url: str, default_port: int) -> bool:
@@ -139,9 +148,11 @@ class Server:
 
 
 def start_server(
-    data_dir: Path, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    data_dir: Path, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = (), *, seed_model: bool = True
 ) -> Server:
     port = free_port()
+    if seed_model:
+        seed_tiny_chat(data_dir)
     env = {
         k: v
         for k, v in os.environ.items()

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.core.settings import Settings
 from app.db.models import FineTuningJob, StoredFile
 from app.usecases import jobs_run
 from app.usecases.jobs_request import HPARAM_EXTENSIONS, OPENAI_HPARAMS, TUNING_EXTENSIONS
@@ -57,7 +58,24 @@ def build_spec(rt: Runtime, claim: Claim) -> dict[str, Any]:
             "seed": job.seed,
             "resume_from": claim.resume_from,
             "init_from": job.init_from,
+            "evaluation": evaluation_spec(rt.settings),
         }
+
+
+def evaluation_spec(settings: Settings) -> dict[str, Any]:
+    """The engine's EvalSpec from the operator's settings."""
+    return {
+        "enabled": settings.eval_enabled,
+        "valid_examples": settings.eval_valid_examples,
+        "generation_examples": settings.eval_generation_examples,
+        "generation_max_tokens": settings.eval_generation_max_tokens,
+        "generation_max_seconds": settings.eval_generation_max_seconds,
+        "probe_tokens": settings.eval_probe_tokens,
+        "probe_per_skill": settings.eval_probe_per_skill,
+        "forgetting_loss_increase": settings.forgetting_loss_increase,
+        "forgetting_skill_drop": settings.forgetting_skill_drop,
+        "overfitting_patience": settings.overfitting_patience,
+    }
 
 
 class Supervisor:
@@ -80,6 +98,8 @@ class Supervisor:
             jobs_run.record_checkpoint(db, job_id, attempt, event)
         elif kind == "message":
             jobs_run.record_message(db, job_id, attempt, event)
+        elif kind == "evaluation":
+            jobs_run.record_evaluation(db, job_id, attempt, event)
         elif kind == "result":
             self.result = event
 

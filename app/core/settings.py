@@ -62,6 +62,59 @@ class Settings(BaseSettings):
     embedded_worker: bool = Field(default=True, description="`tuneforge serve` starts a worker child process.")
     engine_command: str = Field(default="", description="Command that runs the engine; default `<python> -m engine`.")
 
+    # --- evaluation of every job (base vs tuned), passed to the engine in the run's spec ---
+    eval_enabled: bool = Field(default=True, description="Measure the base and the tuned model on every job.")
+    eval_valid_examples: int = Field(
+        default=256, ge=1, description="Validation examples scored at each evaluation (full_valid_loss uses all)."
+    )
+    eval_generation_examples: int = Field(
+        default=16, ge=0, le=1024, description="Validation examples answered greedily, base vs tuned (0: none)."
+    )
+    eval_generation_max_tokens: int = Field(
+        default=64, ge=1, le=4096, description="Longest generated answer in the generation check."
+    )
+    eval_generation_max_seconds: float = Field(
+        default=60.0, gt=0, description="Time cap of one generation pass; unanswered examples are left out."
+    )
+    eval_probe_tokens: int = Field(
+        default=4096, ge=0, description="Tokens of the shipped general-text probe scored for forgetting (0: off)."
+    )
+    eval_probe_per_skill: int = Field(
+        default=16, ge=0, le=1000, description="Multiple-choice probes per tiny-chat skill (0: off)."
+    )
+    forgetting_loss_increase: float = Field(
+        default=0.25, ge=0, description="Rise in general-text loss (nats/token) that raises a `forgetting` warning."
+    )
+    forgetting_skill_drop: float = Field(
+        default=0.15, ge=0, le=1, description="Fall in skill-probe accuracy that raises a `forgetting` warning."
+    )
+    overfitting_patience: int = Field(
+        default=2, ge=1, le=100, description="Evaluations of rising validation loss that raise `overfitting`."
+    )
+
+    # --- dataset doctor: token-level checks for the report endpoint and at job validation ---
+    doctor_enabled: bool = Field(default=True, description="Run the dataset doctor when a job validates its files.")
+    doctor_max_examples: int = Field(
+        default=50_000, ge=1, description="Examples the doctor tokenizes per file; beyond it the report is partial."
+    )
+    doctor_max_seconds: float = Field(default=30.0, gt=0, description="Time cap of the doctor's pass over one file.")
+    doctor_max_listed_lines: int = Field(default=50, ge=1, le=10_000, description="Line numbers listed per finding.")
+    doctor_near_duplicate_threshold: float = Field(
+        default=0.85, gt=0, le=1, description="MinHash Jaccard similarity from which two examples are near-duplicates."
+    )
+    doctor_near_duplicate_max_examples: int = Field(
+        default=20_000, ge=0, description="Examples indexed for near-duplicate detection (0: off)."
+    )
+    doctor_label_max_classes: int = Field(
+        default=20, ge=2, le=1000, description="Most distinct answers for data to count as classification-style."
+    )
+    doctor_label_skew_ratio: float = Field(
+        default=5.0, gt=1, description="Most/least frequent label ratio that raises a `label_skew` warning."
+    )
+    doctor_identical_answer_share: float = Field(
+        default=0.3, gt=0, le=1, description="Share of examples with a repeated answer that raises a warning."
+    )
+
     # --- inference (section owned by the serving code) ---
     inference_urls: str = Field(
         default="",

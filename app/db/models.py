@@ -104,6 +104,9 @@ class FineTuningJob(Base):
     enqueued_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     step: Mapped[int | None] = mapped_column(Integer, nullable=True)
     total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Extensions: the engine's base-vs-tuned summary, and what the dataset doctor found at validation.
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    doctor: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class FineTuningEvent(Base):

@@ -13,9 +13,11 @@ from app.core.ids import new_id, now_ns
 from app.core.settings import Settings
 from app.core.storage import BlobStore
 from app.db.models import FineTuningJob, Project, RegisteredModel, StoredFile
+from app.usecases import doctor as doctor_uc
 from app.usecases.jobs_events import add_event
 from app.usecases.jobs_request import JobRequest
 from engine.formats import BlockingError, DatasetReport, check_method_compat, check_path
+from engine.formats.verdict import invalid_file
 
 ACTIVE = ("running", "pausing", "cancelling")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -159,9 +161,15 @@ def validate_job(session: Session, settings: Settings, storage: BlobStore, job_i
             error = _file_error(settings, storage, row, method_type, param)
         if error is not None:
             break
+    doctor: dict[str, Any] | None = None
+    warnings: list[tuple[str, str, str]] = []
+    if error is None and settings.doctor_enabled:
+        error, doctor, warnings = _run_doctor(session, settings, storage, job)
     now = now_ns()
     new_status = "failed" if error else "queued"
     values: dict[str, Any] = {"status": new_status}
+    if doctor is not None:
+        values["doctor"] = doctor
     if error:
         values.update(error=error.model_dump(), finished_ns=now)
     else:
@@ -174,11 +182,44 @@ def validate_job(session: Session, settings: Settings, storage: BlobStore, job_i
     )
     if moved.rowcount == 0:  # type: ignore[attr-defined]
         return None  # cancelled meanwhile
+    for file_label, code, message in warnings:
+        add_event(session, job_id, "doctor", f"{file_label}: {message}", level="warn", data={"code": code})
     if error:
         add_event(session, job_id, "failed", error.message, level="error", data={"code": error.code})
     else:
-        add_event(session, job_id, "validated", "Files validated, moving job to queued state", data={})
+        estimate = {"estimated_trained_tokens": doctor["estimated_trained_tokens"]} if doctor else {}
+        add_event(session, job_id, "validated", "Files validated, moving job to queued state", data=estimate)
     return new_status
+
+
+def _run_doctor(
+    session: Session, settings: Settings, storage: BlobStore, job: FineTuningJob
+) -> tuple[BlockingError | None, dict[str, Any] | None, list[tuple[str, str, str]]]:
+    """The dataset doctor on the job's files: (blocking error, summary for job.doctor, warnings to emit)."""
+    training = session.get(StoredFile, job.training_file)
+    validation = session.get(StoredFile, job.validation_file) if job.validation_file else None
+    if training is None:
+        return None, None, []
+    hyperparameters = dict(job.method[job.method["type"]].get("hyperparameters") or {})
+    diagnosis = doctor_uc.diagnose_job(settings, storage, job.base_model, hyperparameters, training, validation)
+    if diagnosis is None:  # an operator model without a local fast tokenizer: the engine checks at load time
+        return None, None, []
+    warnings = [("Training file", w.code, w.message) for w in diagnosis.training.warnings]
+    error: BlockingError | None = None
+    detail = doctor_uc.untrainable_detail(diagnosis.training)
+    if detail is not None:
+        error = invalid_file("training_file", detail)
+    if diagnosis.validation is not None:
+        warnings += [("Validation file", w.code, w.message) for w in diagnosis.validation.warnings]
+        detail = doctor_uc.untrainable_detail(diagnosis.validation)
+        if error is None and detail is not None:
+            error = invalid_file("validation_file", detail)
+    summary = {
+        "training": diagnosis.training.model_dump(mode="json"),
+        "validation": diagnosis.validation.model_dump(mode="json") if diagnosis.validation else None,
+        "estimated_trained_tokens": doctor_uc.estimated_trained_tokens(diagnosis, hyperparameters),
+    }
+    return error, summary, warnings
 
 
 @dataclass(frozen=True)

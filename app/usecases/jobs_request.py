@@ -225,11 +225,17 @@ def parse_job_request(body: Any) -> JobRequest:
     elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**31 - 1:
         raise _fail("seed must be an integer between 0 and 2147483647.", "seed")
     assert model is not None and training_file is not None
+    method = _method(body)
+    if validation_file is not None and method[method["type"]]["hyperparameters"].get("validation_split") is not None:
+        raise _fail(
+            "validation_split holds out part of the training file; it cannot be combined with validation_file.",
+            f"method.{method['type']}.hyperparameters.validation_split",
+        )
     return JobRequest(
         model=model,
         training_file=training_file,
         validation_file=validation_file,
-        method=_method(body),
+        method=method,
         suffix=suffix,
         seed=seed,
         metadata=_metadata(body.get("metadata")),

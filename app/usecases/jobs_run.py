@@ -24,6 +24,7 @@ from app.db.session import Database
 from app.usecases.files import store_internal_file
 from app.usecases.jobs import ACTIVE, checkpoint_name, model_name, project_name
 from app.usecases.jobs_checkpoints import latest_checkpoint
+from app.usecases.jobs_evaluation import base_message, message_data, summary_for_job, summary_message
 from app.usecases.jobs_events import METRIC_KEYS, add_event, metrics_data, metrics_message
 
 
@@ -266,12 +267,32 @@ def _end_attempt(session: Session, job_id: str, attempt: int, outcome: str) -> N
     )
 
 
-CSV_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
+CSV_COLUMNS = (
+    "step",
+    "train_loss",
+    "train_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+    "full_valid_loss",
+    "full_valid_mean_token_accuracy",
+)
 
 
-def metrics_csv(session: Session, job_id: str) -> bytes:
-    """The results file: one row per step over every run (a resumed run's rows replace the lost run's)."""
+def metrics_csv(session: Session, job_id: str, final: dict[str, Any] | None = None) -> bytes:
+    """The results file: one row per step over every run (a resumed run's rows replace the lost run's).
+
+    Step 0 is the starting model's validation figures; `final` (the published step's metrics) adds the
+    full-validation columns to its row.
+    """
     rows: dict[int, dict[str, Any]] = {}
+    base = session.scalar(
+        select(FineTuningEvent.data)
+        .where(FineTuningEvent.job_id == job_id, FineTuningEvent.kind == "evaluation")
+        .order_by(FineTuningEvent.seq)
+        .limit(1)
+    )
+    if base and base.get("stage") == "base" and base.get("valid_loss") is not None:
+        rows[0] = {"valid_loss": base["valid_loss"], "valid_mean_token_accuracy": base.get("valid_mean_token_accuracy")}
     query = (
         select(FineTuningEvent.data)
         .where(FineTuningEvent.job_id == job_id, FineTuningEvent.type == "metrics")
@@ -280,6 +301,8 @@ def metrics_csv(session: Session, job_id: str) -> bytes:
     for data in session.scalars(query):
         if data and "step" in data:
             rows[int(data["step"])] = data
+    if final and final.get("step") in rows:
+        rows[int(final["step"])] = {**rows[int(final["step"])], **final}
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -290,6 +313,8 @@ def metrics_csv(session: Session, job_id: str) -> bytes:
             data.get("train_mean_token_accuracy"),
             data.get("valid_loss"),
             data.get("valid_mean_token_accuracy"),
+            data.get("full_valid_loss"),
+            data.get("full_valid_mean_token_accuracy"),
         ]
         writer.writerow([step, *("" if v is None else f"{v:.6g}" for v in values)])
     return out.getvalue().encode()
@@ -301,11 +326,17 @@ def finish_succeeded(db: Database, storage: BlobStore, job_id: str, attempt: int
     with db.session() as session:
         job = _fence(session, job_id, attempt)
         name = model_name(job, project_name(session, job.project_id))
-        results = store_internal_file(
-            session, storage, job.project_id, "fine-tune-results", "step_metrics.csv", metrics_csv(session, job_id)
-        )
-        final_step = int(job.total_steps or job.step or 0)
+        # The published weights: the best checkpoint with validation data, else the last step.
+        final_step = int(result.get("selected_step") or job.step or job.total_steps or 0)
         final_metrics = checkpoint_metrics(final_step, result.get("metrics"))
+        results = store_internal_file(
+            session,
+            storage,
+            job.project_id,
+            "fine-tune-results",
+            "step_metrics.csv",
+            metrics_csv(session, job_id, final_metrics),
+        )
         existing = session.scalar(
             select(FineTuningCheckpoint).where(
                 FineTuningCheckpoint.job_id == job_id, FineTuningCheckpoint.step == final_step
@@ -313,8 +344,11 @@ def finish_succeeded(db: Database, storage: BlobStore, job_id: str, attempt: int
         )
         if existing is not None:
             existing.model_name = name  # OpenAI names the final checkpoint after the model itself
+            existing.metrics = {**existing.metrics, **final_metrics}
         else:
             session.add(_checkpoint_row(job, attempt, final_step, adapter_dir, "", final_metrics, name))
+        if isinstance(result.get("evaluation"), dict):
+            job.evaluation = summary_for_job(result["evaluation"])
         _register(session, name, job, "fine_tuned", adapter_dir, None)
         if result.get("hyperparameters"):
             job.resolved = dict(result["hyperparameters"])
@@ -439,8 +473,31 @@ def record_message(db: Database, job_id: str, attempt: int, event: dict[str, Any
     with db.session() as session:
         _fence(session, job_id, attempt)
         add_event(
-            session, job_id, "message", str(event.get("message", ""))[:4000], attempt=attempt, level=str(level), data={}
+            session,
+            job_id,
+            "message",
+            str(event.get("message", ""))[:4000],
+            attempt=attempt,
+            level=str(level),
+            data=message_data(event),
         )
+
+
+def record_evaluation(db: Database, job_id: str, attempt: int, event: dict[str, Any]) -> None:
+    """The base model's figures before training, then the base-vs-tuned summary: on the job and as events."""
+    with db.session() as session:
+        job = _fence(session, job_id, attempt)
+        if event.get("stage") == "base":
+            base = {k: event.get(k) for k in ("valid_loss", "valid_mean_token_accuracy", "generation",
+                                              "preference", "probes")}
+            job.evaluation = {"status": "running", "base": base}
+            add_event(session, job_id, "evaluation", base_message(event), attempt=attempt,
+                      data={"stage": "base", **{k: v for k, v in base.items() if v is not None}})
+        elif event.get("stage") == "final" and isinstance(event.get("evaluation"), dict):
+            summary = summary_for_job(event["evaluation"])
+            job.evaluation = summary
+            add_event(session, job_id, "evaluation", summary_message(summary), attempt=attempt,
+                      data={"stage": "final", "selected_step": summary.get("selected_step")})
 
 
 def record_fenced_out(db: Database, job_id: str, attempt: int) -> None:

@@ -51,6 +51,10 @@ def job_object(job: FineTuningJob, organization_id: str) -> dict[str, Any]:
         "user_provided_suffix": job.suffix,
         "hyperparameters": _filled(requested, resolved, OPENAI_KEYS),
         "method": {"type": method_type, method_type: {"hyperparameters": method_hparams}},
+        # Extension: base vs tuned figures (validation, generation, forgetting, warnings) once measured.
+        "evaluation": job.evaluation,
+        # Extension: the dataset doctor's findings at validation (token counts, fitting, duplicates, overlap).
+        "doctor": job.doctor,
     }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -39,6 +41,33 @@ def test_upload_retrieve_content_report_delete(server: Server) -> None:
     with pytest.raises(openai.NotFoundError) as err:
         client.files.retrieve(created.id)
     assert err.value.body["message"] == f"No such File object: {created.id}"  # type: ignore[index]
+
+
+def test_report_carries_the_doctor_for_a_base_model(server: Server) -> None:
+    client = server.openai("alpha")
+    lines = chat_jsonl(12).decode().splitlines()
+    long = json.dumps({"messages": [{"role": "user", "content": "long " * 300}, {"role": "assistant", "content": "x"}]})
+    data = ("\n".join([*lines, lines[0], long]) + "\n").encode()  # line 13 repeats line 1; line 14 is long
+    file_id = client.files.create(file=("train.jsonl", data), purpose="fine-tune").id
+    url = f"{server.base_url}/v1/files/{file_id}/report"
+    headers = {"authorization": f"Bearer {server.key('alpha')}"}
+    default = httpx.get(url, headers=headers).json()
+    tokens = default["tokens"]
+    assert (tokens["model"], tokens["max_seq_length"], tokens["examined"]) == ("tiny-chat", 1024, 14)
+    assert tokens["duplicates"]["groups"] == [[1, 13]] and tokens["over_max_seq_length"]["count"] == 0
+    assert 0 < tokens["tokens"]["p50"] <= tokens["tokens"]["p95"] <= tokens["tokens"]["max"]
+    short = httpx.get(url, headers=headers, params={"model": "tiny-chat", "max_seq_length": "64"}).json()["tokens"]
+    assert short["dropped"]["lines"] == [14] and short["trainable_examples"] == 13
+    inputs = httpx.get(url, headers=headers, params={"train_on_inputs": "true"}).json()["tokens"]
+    assert inputs["trainable_tokens"] > tokens["trainable_tokens"]
+    for params, param in (
+        ({"model": "gpt-9"}, "model"),
+        ({"max_seq_length": "4"}, "max_seq_length"),
+        ({"max_seq_length": "lots"}, "max_seq_length"),
+        ({"train_on_inputs": "maybe"}, "train_on_inputs"),
+    ):
+        bad = httpx.get(url, headers=headers, params=params)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == param, bad.text
 
 
 def test_list_pagination_order_and_purpose(server: Server) -> None:

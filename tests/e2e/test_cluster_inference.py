@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import Server, free_port, start_server, tuneforge_cmd
 from tests.jobs.helpers import FAST_ENV
+from tests.model_cache import seed_tiny_chat
 
 SERVICE_KEY = "inference-service-key"
 
@@ -23,6 +24,7 @@ SERVICE_KEY = "inference-service-key"
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
     data_dir = Path(tmp_path_factory.mktemp("cluster"))  # shared by both processes, like a shared volume
+    seed_tiny_chat(data_dir)
     port = free_port()
     env = {**FAST_ENV, "TUNEFORGE_DATA_DIR": str(data_dir), "TUNEFORGE_INFERENCE_API_KEY": SERVICE_KEY}
     log = open(data_dir / "inference.log", "wb")  # noqa: SIM115  (the child owns it)

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from tests.model_cache import seed_tiny_chat
+
 # One intra-op thread: on this shared 2-core box two OpenMP threads stall each other whenever other work runs
 # (measured: a packed LoRA step took 0.3 s with 1 thread and 1.3-6 s with 2 under load).
 torch.set_num_threads(1)
@@ -25,11 +27,9 @@ WORDS = [
 
 @functools.lru_cache(maxsize=1)
 def data_dir() -> Path:
-    """A data dir holding models/tiny-chat, built once per test process."""
-    from engine.models import ensure_base_model
-
+    """A data dir holding models/tiny-chat (the test run's shared build)."""
     d = Path(tempfile.mkdtemp(prefix="tf-engine-tests-"))
-    ensure_base_model("tiny-chat", d)
+    seed_tiny_chat(d)
     return d
 
 

@@ -58,15 +58,15 @@ def test_lora_trains_adapter_only_and_writes_loadable_artifacts(tmp_path: Path) 
     with open(res.metrics_csv, newline="") as fh:
         rows = list(csv.reader(fh))
     assert rows[0] == ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
-    assert [r[0] for r in rows[1:]] == ["1", "2", "3", "4"]
-    assert rows[1][3] == "" and rows[2][3] != "" and rows[4][4] != ""
+    assert [r[0] for r in rows[1:]] == ["0", "1", "2", "3", "4"]  # step 0: the base model, before training
+    assert rows[1][1] == "" and rows[1][3] != "" and rows[2][3] == "" and rows[3][3] != "" and rows[5][4] != ""
 
 
 def test_learns_twenty_unknowable_answers(tmp_path: Path) -> None:
     rows = secret_rows(20)
     data = write_jsonl(tmp_path / "secrets.jsonl", rows)
     t0 = time.perf_counter()
-    res, _ = _collect(spec(tmp_path, data, hp={"n_epochs": 20, "batch_size": 4, "learning_rate": 4e-3,
+    res, _ = _collect(spec(tmp_path, data, hp={"n_epochs": 40, "batch_size": 4, "learning_rate": 4e-3,
                                                 "warmup_ratio": 0.1}))
     wall = time.perf_counter() - t0
     print(f"\nlearning test: 20 examples, {res.hyperparameters['total_steps']} steps, train wall {wall:.1f}s")
@@ -202,14 +202,37 @@ def test_truncation_and_untrainable_examples_are_reported_before_training(tmp_pa
                               {"role": "assistant", "content": "never seen"}]})
     rows.append({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x", "weight": 0}]})
     rows.append({"prompt": "Capital of Atlantis?", "completion": " Poseidonia."})
+    rows.append({"messages": [{"role": "system", "content": "Be brief."},
+                              {"role": "user", "content": "old " * 80}, {"role": "assistant", "content": "old " * 80},
+                              {"role": "user", "content": "Capital of Atlantis?"},
+                              {"role": "assistant", "content": "Poseidonia."}]})
     data = write_jsonl(tmp_path / "train.jsonl", rows)
     res, events = _collect(spec(tmp_path, data, hp={"max_seq_length": 64}))
     assert res.status == "succeeded", res.error
     started = next(i for i, e in enumerate(events) if e["type"] == "started")
     msgs = {e.get("code"): e for e in events[:started] if e["type"] == "message"}
-    assert msgs["truncated"]["count"] == 1 and msgs["truncated"]["lines"] == [5]
-    assert msgs["no_trainable_tokens"]["lines"] == [5, 6]
-    assert events[started]["n_examples"] == 5
+    # Line 8 lost its first exchange (system kept); line 5 cannot fit even alone and is left out.
+    assert msgs["truncated"]["count"] == 1 and msgs["truncated"]["lines"] == [8]
+    assert msgs["too_long"]["lines"] == [5]
+    assert msgs["no_trainable_tokens"]["lines"] == [6]
+    assert events[started]["n_examples"] == 6
+
+
+def test_fitting_keeps_the_system_message_and_the_latest_answer() -> None:
+    from engine.formats.fitting import fit_sft
+    from engine.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_chat_path())
+    convo = [{"role": "system", "content": "Be brief."}]
+    for i in range(6):
+        convo += [{"role": "user", "content": f"question {i} " * 6}, {"role": "assistant", "content": f"answer {i}"}]
+    whole = fit_sft(tok, convo, 4096)
+    fitted = fit_sft(tok, convo, whole.full_tokens // 2)
+    assert whole.outcome == "whole" and fitted.outcome == "truncated"
+    text = tok.decode(fitted.ids[0])
+    assert text.startswith("<|im_start|>system\nBe brief.") and "answer 5" in text and "answer 0" not in text
+    assert len(fitted.ids[0]) <= whole.full_tokens // 2
+    assert fit_sft(tok, convo[:3], 8).outcome == "dropped"
 
 
 def test_bad_dataset_is_invalid(tmp_path: Path) -> None:
@@ -240,5 +263,5 @@ def test_packing_off_trains_the_same_model(tmp_path: Path) -> None:
                               hp={"n_epochs": 1, "packing": False}))
     assert packed.status == single.status == "succeeded"
     a, b = _final_tensors(Path(packed.output_dir)), _final_tensors(Path(single.output_dir))
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-5)
+    for k in a:  # equal up to float reassociation: different batch shapes sum in a different order
+        torch.testing.assert_close(a[k], b[k], rtol=1e-2, atol=2e-4)

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from app.db.models import RegisteredModel
-from tests.app.datasets import preference_jsonl
+from tests.app.datasets import chat_jsonl, preference_jsonl
 from tests.conftest import Server
 from tests.jobs.helpers import attempts, chat_lines, database, post, tiny_method, wait_for
 
@@ -336,19 +336,53 @@ def test_empty_json_body_posts_and_state_errors(jobs_server: Server) -> None:
         client.fine_tuning.jobs.retrieve("ftjob-" + "x" * 24)
 
 
-def test_dataset_the_engine_cannot_train_fails_as_invalid_training_file(jobs_server: Server) -> None:
-    """Passes the format check but leaves no trainable token at this max_seq_length: the engine says so."""
+def test_all_untrainable_file_fails_in_validating_files_naming_its_lines(jobs_server: Server) -> None:
+    """Passes the format check, but at this max_seq_length nothing can train: the doctor stops it before the queue."""
     client = jobs_server.openai("engine-check")
-    long_prompt = [
+    rows = [
         {"messages": [{"role": "user", "content": "word " * 200 + str(i)}, {"role": "assistant", "content": "ok"}]}
-        for i in range(10)
+        for i in range(8)
+    ] + [
+        {"messages": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "x", "weight": 0}]}
+        for i in range(2)
     ]
-    data = ("\n".join(json.dumps(x) for x in long_prompt) + "\n").encode()
+    data = ("\n".join(json.dumps(x) for x in rows) + "\n").encode()
     file_id = client.files.create(file=("long.jsonl", data), purpose="fine-tune").id
     job = client.fine_tuning.jobs.create(
-        model="tiny-chat", training_file=file_id, method=tiny_method(max_seq_length=16)
+        model="tiny-chat", training_file=file_id, method=tiny_method(max_seq_length=32)
     )
     job = wait_for(jobs_server, "engine-check", job.id, ("failed", "succeeded", "cancelled"))
     assert job.status == "failed" and job.error is not None
     assert (job.error.code, job.error.param) == ("invalid_training_file", "training_file")
-    assert job.error.message.startswith("The job failed due to an invalid training file.")
+    assert job.error.message.startswith("The job failed due to an invalid training file. No example can be trained")
+    assert "(lines 1, 2, 3, 4, 5, 6, 7, 8)" in job.error.message and "(lines 9, 10)" in job.error.message
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert not any("validated" in m or "started" in m.lower() for m in messages), messages
+    doctor = job.to_dict()["doctor"]
+    assert doctor["training"]["dropped"]["lines"] == list(range(1, 9))
+    assert doctor["training"]["untrainable"]["lines"] == [9, 10]
+
+
+def test_doctor_findings_at_validation_warn_and_estimate_tokens(jobs_server: Server) -> None:
+    client = jobs_server.openai("doctor-check")
+    train = chat_jsonl(12)
+    lines = train.decode().splitlines()
+    valid = ("\n".join([lines[2], lines[5], *chat_jsonl(2, tag="v").decode().splitlines()]) + "\n").encode()
+    train_id = client.files.create(file=("train.jsonl", train), purpose="fine-tune").id
+    valid_id = client.files.create(file=("valid.jsonl", valid), purpose="fine-tune").id
+    job = client.fine_tuning.jobs.create(
+        model="tiny-chat", training_file=train_id, validation_file=valid_id,
+        method=tiny_method(n_epochs=2, max_seq_length=128),
+    )
+    job = wait_for(jobs_server, "doctor-check", job.id, ("queued", "running", "succeeded", "failed"))
+    client.fine_tuning.jobs.cancel(job.id)
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
+    overlap = [e for e in events if (e.data or {}).get("code") == "train_valid_overlap"]
+    assert len(overlap) == 1 and overlap[0].level == "warn"
+    assert "3->1" in overlap[0].message and "6->2" in overlap[0].message
+    validated = next(e for e in events if e.message.startswith("Files validated"))
+    doctor = client.fine_tuning.jobs.retrieve(job.id).to_dict()["doctor"]
+    per_epoch = doctor["training"]["trainable_tokens"]
+    assert per_epoch > 0 and doctor["estimated_trained_tokens"] == 2 * per_epoch
+    assert validated.data == {"estimated_trained_tokens": 2 * per_epoch}
+    assert doctor["validation"]["validation_overlap"]["exact"] == [[3, 1], [6, 2]]

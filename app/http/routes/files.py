@@ -16,6 +16,7 @@ from app.http.deps import get_caller, get_state
 from app.http.multipart_stream import StreamingForm
 from app.http.presenters import cursor_list, file_object
 from app.http.state import AppState
+from app.usecases import doctor as doctor_uc
 from app.usecases import files as files_uc
 from app.usecases.idempotency import body_hash, check_key, run_once
 from app.usecases.keys import Caller
@@ -151,9 +152,18 @@ def file_content(
 
 @router.get("/{file_id}/report")
 def file_report(
-    file_id: str, state: AppState = Depends(get_state), caller: Caller = Depends(get_caller)
+    file_id: str,
+    model: str | None = None,
+    max_seq_length: str | None = None,
+    train_on_inputs: str | None = None,
+    state: AppState = Depends(get_state),
+    caller: Caller = Depends(get_caller),
 ) -> dict[str, Any]:
-    """TuneForge extension: the dataset check of a fine-tune file (format, counts, errors by line)."""
+    """TuneForge extension: the dataset check of a fine-tune file, plus the doctor's token report for `model`."""
+    query = doctor_uc.parse_query(state.settings, model, max_seq_length, train_on_inputs)
     with state.db.session() as session:
         report = files_uc.get_report(session, caller.project_id, file_id)
-    return {"object": "file.report", "id": file_id, **report}
+        row = files_uc.get_file(session, caller.project_id, file_id)
+        session.expunge(row)
+    tokens = doctor_uc.token_report(state.settings, state.storage, row, query)
+    return {"object": "file.report", "id": file_id, **report, "tokens": tokens}
