@@ -221,13 +221,23 @@ class GenerationEngine:
         return admitted
 
     def _make_seqs(self, request: _Request, entry: AdapterEntry | None) -> list[_Seq]:
-        seqs = []
+        seqs: list[_Seq] = []
+        try:
+            return self._fill_seqs(request, entry, seqs)
+        except BaseException:
+            # Unpin what was pinned before the failure: a leaked pin keeps an adapter slot busy for good.
+            for seq in seqs:
+                if seq.slot != BASE_ADAPTER:
+                    self.loaded.release(seq.slot)
+            raise
+
+    def _fill_seqs(self, request: _Request, entry: AdapterEntry | None, seqs: list[_Seq]) -> list[_Seq]:
         stop_ids = set(self.eos_ids) | set(request.params.stop_token_ids)
         for index in range(request.params.n):
-            slot = self.loaded.acquire(entry) if entry is not None else BASE_ADAPTER
             generator = torch.Generator()
             seed = request.params.seed
             generator.manual_seed(seed + index if seed is not None else int(torch.randint(0, 2**62, ()).item()))
+            slot = self.loaded.acquire(entry) if entry is not None else BASE_ADAPTER
             seqs.append(
                 _Seq(
                     request=request,

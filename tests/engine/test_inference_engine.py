@@ -145,6 +145,20 @@ def test_more_adapters_in_flight_than_cache_slots_all_complete(loaded: LoadedBas
     assert out[:4] == out[4:]
 
 
+def test_a_request_that_fails_to_start_releases_its_adapter_slot(loaded: LoadedBase, world: dict[str, Path]) -> None:
+    """The second choice's seed (2**64) is one torch refuses: the first choice's pin must be released too."""
+    with make_engine(loaded, world, max_loaded_adapters=1) as engine:
+        gen = AsyncEngine(engine)
+        p = prompt(loaded, "hello")
+        for adapter in ("ft:a1", "ft:a2"):
+            with pytest.raises(Exception, match="could not"):
+                asyncio.run(gen.complete(p, SamplingParams(8, 1.0, 1.0, 2, seed=2**64 - 1), adapter))
+        assert engine.loaded._in_use == {}
+        # With one slot, a leaked pin on either adapter would leave ft:a3 waiting forever.
+        out = asyncio.run(asyncio.wait_for(gen.complete(p, GREEDY, "ft:a3"), timeout=120))
+        assert out.token_ids[0]
+
+
 def test_adapter_whose_manifest_pins_another_base_is_refused(loaded: LoadedBase, world: dict[str, Path]) -> None:
     bad = make_adapter(world["base"], world["root"] / "bad", seed=5, manifest_overrides={"base_model_sha256": "0" * 64})
     other_tok = make_adapter(

@@ -214,6 +214,10 @@ def test_limits_answer_400_in_the_openai_envelope(server: Server) -> None:
     with pytest.raises(openai.BadRequestError) as bad_temp:
         client.chat.completions.create(model=FT, messages=MSGS, temperature=3)
     assert bad_temp.value.param == "temperature"
+    for seed in (2**64, -(2**63) - 1):  # outside OpenAI's int64 range: refused before the engine sees it
+        with pytest.raises(openai.BadRequestError) as bad_seed:
+            client.chat.completions.create(model=FT, messages=MSGS, seed=seed)
+        assert bad_seed.value.param == "seed"
     response = httpx.post(server.url + "/v1/chat/completions", json={"model": FT, "messages": MSGS, "n": 9})
     assert response.status_code == 400
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
