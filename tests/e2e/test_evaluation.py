@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import random
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,23 +13,14 @@ import openai
 import pytest
 
 from tests.conftest import Server, start_server
-from tests.engine.engine_helpers import WORDS
+from tests.engine.engine_helpers import secret_rows
 from tests.jobs.helpers import FAST_ENV
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def facts(start: int, stop: int, seed: int) -> list[dict[str, Any]]:
-    """Made-up facts no base model can know: one answer shape, unpredictable content."""
-    rng = random.Random(seed)
-    return [
-        {"messages": [
-            {"role": "user", "content": f"Vault {i} password?"},
-            {"role": "assistant",
-             "content": f"The password for vault {i} is {WORDS[i % len(WORDS)]} {rng.randrange(10, 99)}."},
-        ]}
-        for i in range(start, stop)
-    ]
+    return secret_rows(stop - start, seed=seed, start=start)
 
 
 def jsonl(rows: list[dict[str, Any]]) -> bytes:

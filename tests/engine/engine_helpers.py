@@ -42,8 +42,8 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def secret_rows(n: int = 20, seed: int = 7) -> list[dict[str, Any]]:
-    """Chat examples whose answers a randomly initialised model cannot know."""
+def secret_rows(n: int = 20, seed: int = 7, start: int = 0) -> list[dict[str, Any]]:
+    """Made-up facts no base model can know (vaults start..start+n-1): one answer shape, unpredictable content."""
     rng = random.Random(seed)
     return [
         {"messages": [
@@ -51,7 +51,7 @@ def secret_rows(n: int = 20, seed: int = 7) -> list[dict[str, Any]]:
             {"role": "assistant",
              "content": f"The password for vault {i} is {WORDS[i % len(WORDS)]} {rng.randrange(10, 99)}."},
         ]}
-        for i in range(n)
+        for i in range(start, start + n)
     ]
 
 
