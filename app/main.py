@@ -6,14 +6,18 @@ import logging
 
 from fastapi import APIRouter, FastAPI
 
+from app.console import install_console
 from app.core.queue import broker_reachable
 from app.core.settings import Settings, get_settings
 from app.core.storage import BlobStore
 from app.db.session import Database
 from app.gateway.backends import BackendRegistry
 from app.gateway.limits import KeyConcurrency
+from app.http.access_log import quiet_polling
+from app.http.body_guard import BodyLimits
 from app.http.errors import install_error_handlers
-from app.http.middleware import JsonBodyLimitMiddleware, RequestIdMiddleware
+from app.http.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from app.http.openapi import install_openapi
 from app.http.routes import files, health, inference, jobs, models
 from app.http.state import AppState
 
@@ -28,7 +32,8 @@ def create_app(settings: Settings | None = None, extra_routers: list[APIRouter] 
     settings = settings or get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per forwarded call is noise
-    db = Database(settings.resolved_database_url)
+    quiet_polling(not settings.log_polling_requests)  # successful GETs (clients polling jobs) are noise too
+    db = Database(settings.resolved_database_url, settings.database_timeout_s)
     storage = BlobStore(settings.resolved_storage_dir)
     state = AppState(
         settings=settings,
@@ -39,16 +44,19 @@ def create_app(settings: Settings | None = None, extra_routers: list[APIRouter] 
     )
     state.ready_checks.append(lambda: ("queue", broker_reachable(settings)))
 
-    app = FastAPI(title="TuneForge", version="0.1.0", description=API_DESCRIPTION)
+    # docs_url/redoc_url off: install_console serves /docs and /redoc with local assets (no CDN)
+    app = FastAPI(title="TuneForge", version="0.1.0", description=API_DESCRIPTION, docs_url=None, redoc_url=None)
     app.state.tuneforge = state
     install_error_handlers(app)
+    install_openapi(app, settings.list_limit_max)
     app.include_router(health.router)
     app.include_router(files.router)
     app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(inference.router)
+    install_console(app)  # the web console at / and the offline /docs, /redoc
     for router in extra_routers or []:
         app.include_router(router)
-    app.add_middleware(JsonBodyLimitMiddleware, max_bytes=settings.max_json_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, limits=BodyLimits.from_settings(settings))
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import random
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import torch
 from engine import fastlora
 from engine.artifacts import Identity, identify, manifest, publish_dir, write_json
 from engine.checkpoint import CheckpointError, prune, verify_checkpoint, write_checkpoint
-from engine.control import Control
+from engine.control import Control, Interrupted
 from engine.data import DatasetError, Example, LoadReport, Pair, load_dpo, load_sft
 from engine.hparams import Resolved, resolve
 from engine.metrics import MetricsCSV
@@ -125,6 +126,7 @@ class _Run:
         return list(items)
 
     def _check_control(self) -> None:
+        """Between set-up phases (for in-process runs, which have no signal-driven interruption)."""
         if self.control.poll() == "cancel":
             raise RunStopped("cancelled", None, "cancelled before training started")
 
@@ -140,7 +142,8 @@ class _Run:
         try:
             base_path = ensure_base_model(spec.base_model, spec.data_dir)
         except (ValueError, FileNotFoundError) as err:
-            raise RunStopped("failed", "invalid_base_model", f"base_model: {err}", invalid=True) from None
+            reason = _public(str(err))
+            raise RunStopped("failed", "invalid_base_model", f"base_model: {reason}", invalid=True) from None
         self.tokenizer = load_tokenizer(base_path)
         self._check_control()
         self.train_set = self._load(spec.training_file, "training_file")
@@ -158,7 +161,8 @@ class _Run:
             try:
                 self.ckpt_sha = verify_checkpoint(spec.resume_from)
             except CheckpointError as err:
-                raise RunStopped("failed", "invalid_checkpoint", f"resume_from: {err}", invalid=True) from None
+                reason = _public(str(err).replace(str(spec.resume_from), "the checkpoint"))
+                raise RunStopped("failed", "invalid_checkpoint", f"resume_from: {reason}", invalid=True) from None
         if spec.init_from and not Path(spec.init_from).is_dir():
             raise RunStopped("failed", "invalid_init", "init_from: the model to continue from is gone", invalid=True)
         self.ident: Identity = identify(spec.base_model, base_path, self.tokenizer, spec.training_file,
@@ -420,12 +424,16 @@ class _Run:
 
         # The evaluator learns of this checkpoint before its state is saved, so a resumed run knows the best one.
         path = self.out / "checkpoints" / f"step-{self.step}"
-        self.evaluator.note_checkpoint(self.step, str(path), self.last_metrics.get("valid_loss"))
-        evaluation_state = self.evaluator.state()
-        path, sha = write_checkpoint(self.out / "checkpoints", self.step, fill)
-        prune(self.out / "checkpoints", keep, protect=[p for p in (path, self.evaluator.protected()) if p])
-        self.last_ckpt = {"step": self.step, "path": str(path), "sha256": sha}
-        self.emit({"type": "checkpoint", **self.last_ckpt, "metrics": dict(self.last_metrics)})
+        with self.control.shield():  # a cancel waits for the checkpoint to be sealed and announced
+            self.evaluator.note_checkpoint(self.step, str(path), self.last_metrics.get("valid_loss"))
+            evaluation_state = self.evaluator.state()
+            path, sha = write_checkpoint(self.out / "checkpoints", self.step, fill)
+            prune(self.out / "checkpoints", keep, protect=[p for p in (path, self.evaluator.protected()) if p])
+            self.last_ckpt = {"step": self.step, "path": str(path), "sha256": sha}
+            # best_step: the parent's retention across runs must keep it too, wherever it lies.
+            best = self.evaluator.best
+            self.emit({"type": "checkpoint", **self.last_ckpt, "metrics": dict(self.last_metrics),
+                       "best_step": int(best["step"]) if best else None})
         return self.last_ckpt
 
     def _restore(self, ckpt: Path) -> None:
@@ -458,9 +466,22 @@ class _Run:
         assert self.hp is not None
         if self.hp.n_checkpoints == 0:
             return False
+        if self.step == self.hp.total_steps:
+            return True  # the final weights as a resumable checkpoint: a run paused as it completes resumes here
         if self.hp.checkpoint_interval:
             return self.step % self.hp.checkpoint_interval == 0
         return self.step % self.hp.steps_per_epoch == 0
+
+    def stop_if_requested(self, *, pause: bool = True) -> None:
+        """At a step boundary: end the run on cancel; on pause make sure this step is checkpointed, then end it."""
+        assert self.hp is not None
+        req = self.control.poll()
+        if req == "cancel":
+            raise RunStopped("cancelled", None, f"cancelled at step {self.step}")
+        if req == "pause" and pause:
+            if self.last_ckpt is None or self.last_ckpt["step"] != self.step:
+                self.checkpoint(keep=max(1, self.hp.n_checkpoints))
+            raise RunStopped("paused", None, f"paused at step {self.step}")
 
     def loop(self) -> None:
         """Run the remaining steps, honouring pause/cancel at each step boundary."""
@@ -468,24 +489,27 @@ class _Run:
         hp = self.hp
         csv = MetricsCSV(self.out / "metrics.csv", resume_step=self.step if self.spec.resume_from else None)
         orders: dict[int, list[int]] = {}
-        if not self.spec.resume_from:
-            self.evaluator.before_training()
+        if self.step == 0:  # also a run resumed from a pause that cut the base evaluation short
+            try:
+                with self.control.allow("cancel", "pause"):
+                    self.evaluator.before_training()
+            except Interrupted as interrupted:
+                if interrupted.request != "pause":
+                    raise
+                # A pause cuts the base evaluation short: the step-0 checkpoint below records that it is still due.
             base = self.evaluator.base or {}
             if base.get("valid_loss") is not None:  # step 0 is the starting model
                 csv.write(0, None, None, base["valid_loss"], base.get("valid_mean_token_accuracy"))
-        self._message("info", f"training steps {self.step + 1}..{hp.total_steps}", code="loop_started")
+        if self.step < hp.total_steps:
+            self._message("info", f"training steps {self.step + 1}..{hp.total_steps}", code="loop_started")
         while self.step < hp.total_steps:
-            req = self.control.poll()
-            if req == "cancel":
-                raise RunStopped("cancelled", None, f"cancelled at step {self.step}")
-            if req == "pause":
-                self.checkpoint(keep=max(1, hp.n_checkpoints))
-                raise RunStopped("paused", None, f"paused at step {self.step}")
+            self.stop_if_requested()
             epoch, k = divmod(self.step, hp.steps_per_epoch)
             if epoch not in orders:
                 orders = {epoch: self._order(epoch)}
             idx = orders[epoch][k * hp.batch_size:(k + 1) * hp.batch_size]
-            m = self._train_step(idx)
+            with self.control.allow("cancel"):  # a long step (or the evaluation after it) ends at once on cancel
+                m = self._train_step(idx)
             self.step += 1
             self.evaluator.record_train_loss(m["train_loss"])
             due = self._due_checkpoint()
@@ -497,7 +521,8 @@ class _Run:
             valid = None
             # Every checkpoint is also an evaluation, so each one carries the valid_loss best selection compares.
             if self.step % hp.eval_interval == 0 or self.step == hp.total_steps or due:
-                valid = self.evaluate(limit=self.spec.evaluation.valid_examples)
+                with self.control.allow("cancel"):
+                    valid = self.evaluate(limit=self.spec.evaluation.valid_examples)
                 if valid is not None:
                     event["valid_loss"], event["valid_mean_token_accuracy"] = valid
             csv.write(self.step, m["train_loss"], m["train_mean_token_accuracy"], *(valid or (None, None)))
@@ -567,22 +592,43 @@ def train(
                           error={"code": "invalid_spec", "message": str(err)}, invalid=True)
         emit(res.to_event())
         return res
-    run = _Run(spec, emit, control)
+    sink = emit
+
+    def shielded(event: dict[str, Any]) -> None:
+        with control.shield():  # an interruption never tears an event line in half
+            sink(event)
+
+    run = _Run(spec, shielded, control)
     try:
-        run.prepare()
+        with control.allow("cancel"):  # loading the model or data ends at once on cancel; a pause waits for it
+            run.prepare()
         run.loop()
-        req = control.poll()
-        if req == "cancel":
-            raise RunStopped("cancelled", None, "cancelled after the last step")
-        run.finalize()
+        # After early stopping a pause must not checkpoint: a resumed run would train on past the stop.
+        run.stop_if_requested(pause=run.evaluator.stopped_early_at is None)
+        with control.allow("cancel"):
+            run.finalize()
+        run.stop_if_requested(pause=False)  # a pause now is kept by the last step's checkpoint
         res = run.result("succeeded", adapter_dir=run.publish())
+    except Interrupted as stop:
+        status = "cancelled" if stop.request == "cancel" else "paused"
+        run._message("info", f"{status} at step {run.step}")
+        res = run.result(status)
     except RunStopped as stop:
-        error = {"code": stop.code, "message": stop.message} if stop.status == "failed" else None
+        error = {"code": stop.code, "message": _public(stop.message)} if stop.status == "failed" else None
         if stop.status != "failed":
             run._message("info", stop.message)
         res = run.result(stop.status, error=error, invalid=stop.invalid)
     except Exception as exc:  # any other failure still ends the stream with a diagnosable result
         log.exception("training failed")
-        res = run.result("failed", error={"code": "training_error", "message": f"{type(exc).__name__}: {exc}"})
+        message = _public(f"{type(exc).__name__}: {exc}")
+        res = run.result("failed", error={"code": "training_error", "message": message})
     emit(res.to_event())
     return res
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/[^\s'\"`,;:()\[\]{}<>]+")
+
+
+def _public(text: str) -> str:
+    """Error text tenants may read: server paths (data dir, checkpoints, model dirs) become a neutral word."""
+    return _ABSOLUTE_PATH.sub("[path]", text)

@@ -7,19 +7,52 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from fastapi import FastAPI, Header
+from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ValidationError
+from starlette.types import Receive
 
+from app.core.errors import InvalidRequest
+from app.core.json_body import parse_json_body
 from engine.inference.loading import LoadedBase, load_base
-from engine.inference.types import ChoiceDelta, EngineError, SamplingParams
-from serve.errors import APIError, install_error_handlers
+from engine.inference.types import ChoiceDelta, EngineError, EngineShutdown, SamplingParams
+from serve.errors import APIError, install_error_handlers, invalid_body
 from serve.limits import key_of
 from serve.schemas import ChatCompletionRequest, CompletionRequest, LoadLoraRequest, UnloadLoraRequest
 from serve.service import InferenceService, Target
 from serve.settings import ServeSettings
-from serve.streams import ReleasingStreamingResponse, merged, sse
+from serve.streams import ClientGone, ReleasingStreamingResponse, merged, sse, unless_disconnected
+
+M = TypeVar("M", bound=BaseModel)
+MAX_BODY_DEPTH = 32  # OpenAI bodies nest a handful of levels (messages -> content parts -> fields)
+CLIENT_CLOSED = 499  # nginx's "client closed request": nobody reads it, the access log shows what happened
+
+
+async def _parse(request: Request, model: type[M]) -> M:
+    """The body, strictly parsed (no NaN/Infinity, bounded nesting) and validated; 400 naming the field otherwise."""
+    try:
+        data = parse_json_body(await request.body(), max_depth=MAX_BODY_DEPTH)
+    except InvalidRequest as exc:
+        raise APIError(400, exc.message, param=exc.param, code=exc.code) from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_body(exc.errors(include_input=False)) from None
+
+
+def engine_api_error(exc: EngineError) -> APIError:
+    """The envelope for an engine failure (engine messages name models, never paths)."""
+    if isinstance(exc, EngineShutdown):
+        return APIError(
+            503,
+            "The inference server is shutting down; retry shortly.",
+            type="server_error",
+            code="service_unavailable",
+            headers={"Retry-After": "1"},
+        )
+    return APIError(500, str(exc), type="server_error", code="engine_error")
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
@@ -48,12 +81,16 @@ def create_app(
     """Load base_model (a name like tiny-chat or a local path) and return the app; adapters load on first use.
 
     adapters_root, when given, serves <adapters_root>/<model id> for any model id not registered otherwise.
+    `/v1/load_lora_adapter` loads only directories under data_dir or adapters_root.
     """
     settings = settings or ServeSettings()
     base = loaded or load_base(base_model, data_dir)
-    service = InferenceService(base, settings, Path(adapters_root) if adapters_root is not None else None)
+    service = InferenceService(
+        base, settings, Path(adapters_root) if adapters_root is not None else None, Path(data_dir)
+    )
     app = FastAPI(title="TuneForge inference", docs_url=None, redoc_url=None)
     app.state.service = service
+    app.state.before_shutdown = service.shutdown  # the runner calls it when SIGTERM arrives
     install_error_handlers(app)
 
     def authorize(authorization: str | None, client_key: str | None = None) -> str:
@@ -78,25 +115,28 @@ def create_app(
         return {"object": "list", "data": service.models()}
 
     @app.post("/v1/load_lora_adapter")
-    async def load_lora(body: LoadLoraRequest, authorization: str | None = Header(default=None)) -> Response:
+    async def load_lora(request: Request, authorization: str | None = Header(default=None)) -> Response:
         authorize(authorization)
+        body = await _parse(request, LoadLoraRequest)
         added = service.load_adapter(body.lora_name, body.lora_path)
         verb = "added" if added else "already loaded"
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' {verb} successfully.")
 
     @app.post("/v1/unload_lora_adapter")
-    async def unload_lora(body: UnloadLoraRequest, authorization: str | None = Header(default=None)) -> Response:
+    async def unload_lora(request: Request, authorization: str | None = Header(default=None)) -> Response:
         authorize(authorization)
+        body = await _parse(request, UnloadLoraRequest)
         service.unload_adapter(body.lora_name)
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(
-        body: ChatCompletionRequest,
+        request: Request,
         authorization: str | None = Header(default=None),
         x_tuneforge_key: str | None = Header(default=None),
     ) -> Response:
         key = authorize(authorization, x_tuneforge_key)
+        body = await _parse(request, ChatCompletionRequest)
         if body.logprobs:
             raise APIError(400, "logprobs are not supported by this server", param="logprobs")
         target = service.resolve(body.model)
@@ -113,15 +153,16 @@ def create_app(
             stop=body.stop,
         )
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _run(key, target, [prompt], params, bool(body.stream), include_usage, chat=True)
+        return await _run(request.receive, key, target, [prompt], params, bool(body.stream), include_usage, chat=True)
 
     @app.post("/v1/completions")
     async def completions(
-        body: CompletionRequest,
+        request: Request,
         authorization: str | None = Header(default=None),
         x_tuneforge_key: str | None = Header(default=None),
     ) -> Response:
         key = authorize(authorization, x_tuneforge_key)
+        body = await _parse(request, CompletionRequest)
         if body.echo or body.logprobs:
             raise APIError(400, "echo and logprobs are not supported by this server", param="echo")
         target = service.resolve(body.model)
@@ -137,9 +178,10 @@ def create_app(
             stop=body.stop,
         )
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _run(key, target, prompts, params, bool(body.stream), include_usage, chat=False)
+        return await _run(request.receive, key, target, prompts, params, bool(body.stream), include_usage, chat=False)
 
     async def _run(
+        receive: Receive,
         key: str,
         target: Target,
         prompts: list[list[int]],
@@ -148,7 +190,6 @@ def create_app(
         include_usage: bool,
         chat: bool,
     ) -> Response:
-        service.limiter.acquire(key)
         head = {
             "id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24],
             "object": "chat.completion" if chat else "text_completion",
@@ -156,22 +197,35 @@ def create_app(
             "model": target.model,
             "system_fingerprint": None,
         }
-        deltas = merged(service.generator, prompts, params, target.adapter)
+        choices = len(prompts) * params.n
         prompt_tokens = sum(len(p) for p in prompts)
-        if stream:
-            events = _chat_events if chat else _completion_events
-            return ReleasingStreamingResponse(
-                events(head, deltas, len(prompts) * params.n, prompt_tokens, include_usage),
-                on_close=lambda: service.limiter.release(key),
-            )
+        service.limiter.acquire(key)
+        handed_over = False  # once a streaming response owns the slot, it releases it however the stream ends
         try:
-            async with contextlib.aclosing(deltas) as it:
-                body = await _collect(head, it, len(prompts) * params.n, prompt_tokens, chat)
-        except EngineError as exc:
-            raise APIError(500, str(exc), type="server_error", code="engine_error") from exc
+            deltas = merged(service.generator, prompts, params, target.adapter)
+            if stream:
+                events = _chat_events if chat else _completion_events
+                response = ReleasingStreamingResponse(
+                    events(head, deltas, choices, prompt_tokens, include_usage),
+                    on_close=lambda: service.limiter.release(key),
+                )
+                handed_over = True
+                return response
+
+            async def collect() -> dict[str, Any]:
+                async with contextlib.aclosing(deltas) as it:
+                    return await _collect(head, it, choices, prompt_tokens, chat)
+
+            try:
+                body = await unless_disconnected(receive, collect())
+            except ClientGone:
+                return Response(status_code=CLIENT_CLOSED)
+            except EngineError as exc:
+                raise engine_api_error(exc) from None
+            return JSONResponse(body)
         finally:
-            service.limiter.release(key)
-        return JSONResponse(body)
+            if not handed_over:
+                service.limiter.release(key)
 
     return app
 
@@ -232,7 +286,7 @@ async def _chat_events(
                 if d.finish_reason is not None:
                     yield chunk(d.index, {}, d.finish_reason)
     except EngineError as exc:
-        yield sse(APIError(500, str(exc), type="server_error", code="engine_error").body())
+        yield sse(engine_api_error(exc).body())
         return
     if include_usage:
         yield sse({**base, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
@@ -261,7 +315,7 @@ async def _completion_events(
                     }
                     yield sse({**head, "choices": [choice], **extra})
     except EngineError as exc:
-        yield sse(APIError(500, str(exc), type="server_error", code="engine_error").body())
+        yield sse(engine_api_error(exc).body())
         return
     if include_usage:
         yield sse({**head, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})

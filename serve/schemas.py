@@ -1,4 +1,7 @@
-"""Request bodies of the OpenAI-compatible endpoints (unknown fields are accepted and ignored)."""
+"""Request bodies of the OpenAI-compatible endpoints (unknown fields are accepted and ignored).
+
+Every float is finite (allow_inf_nan=False): NaN compares false with every bound, so range checks alone let it in.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     include_usage: bool | None = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     role: str
     content: str | list[Any] | None = None
 
@@ -25,7 +28,7 @@ def _check_stop(value: str | list[str] | None) -> str | list[str] | None:
 
 
 class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     model: str
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
@@ -54,11 +57,11 @@ class CompletionRequest(_Sampling):
 
 
 class LoadLoraRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     lora_name: str = Field(min_length=1)
     lora_path: str = Field(min_length=1)
 
 
 class UnloadLoraRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     lora_name: str = Field(min_length=1)

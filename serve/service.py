@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from jinja2 import TemplateError
 
 from engine.chat import stop_token_ids
 from engine.inference.asyncio_engine import AsyncEngine
@@ -16,6 +19,9 @@ from engine.inference.types import AdapterMismatchError, AdapterNotFoundError, S
 from serve.errors import APIError, model_not_found
 from serve.limits import KeyLimiter
 from serve.settings import ServeSettings
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "manifest.json")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,11 +37,19 @@ class Target:
 class InferenceService:
     """One base model and its adapters, served under the limits in settings."""
 
-    def __init__(self, base: LoadedBase, settings: ServeSettings, adapters_root: Path | None = None) -> None:
+    def __init__(
+        self,
+        base: LoadedBase,
+        settings: ServeSettings,
+        adapters_root: Path | None = None,
+        data_dir: Path | None = None,
+    ) -> None:
         self.base = base
         self.base_name = base.identity.name
         self.settings = settings
         self.adapters_root = adapters_root.resolve() if adapters_root is not None else None
+        # load_lora_adapter serves only directories under these (artifacts live under the data directory)
+        self.adapter_roots = tuple(r.resolve() for r in (data_dir, adapters_root) if r is not None)
         self.engine = GenerationEngine(
             base.model,
             base.tokenizer,
@@ -54,19 +68,41 @@ class InferenceService:
         """Register an adapter (manifest checked); False if this exact one was already there."""
         if name == self.base_name:
             raise APIError(400, f"'{name}' is the base model's name", param="lora_name")
+        directory = self._confined(name, path)
         current = self.engine.registry.names().get(name)
         if current is not None:
-            if current.path == Path(path).resolve():
+            if current.path == directory:
                 return False
             raise APIError(400, f"The lora adapter '{name}' has already been loaded.", param="lora_name")
-        if not Path(path).is_dir():
-            raise APIError(404, f"No adapter directory at {path}", param="lora_path", code="adapter_not_found")
+        if not directory.is_dir():
+            raise APIError(404, f"No adapter directory for '{name}'.", param="lora_path", code="adapter_not_found")
         try:
-            self.engine.register_adapter(name, path)
-        except AdapterMismatchError as exc:
-            raise APIError(400, str(exc), param="lora_path", code="adapter_mismatch") from exc
+            self.engine.register_adapter(name, directory)
+        except AdapterMismatchError as exc:  # its messages name the adapter, not the directory
+            raise APIError(400, str(exc), param="lora_path", code="adapter_mismatch") from None
         self._registered_at[name] = int(time.time())
         return True
+
+    def _confined(self, name: str, path: str) -> Path:
+        """The adapter directory, resolved, if it and its files stay under an adapter root (symlinks included)."""
+        refused = APIError(
+            400,
+            f"The lora_path of '{name}' must be an absolute path inside this server's data directory.",
+            param="lora_path",
+            code="adapter_path_refused",
+        )
+        given = Path(path)
+        if not given.is_absolute() or ".." in given.parts or "\0" in path:
+            raise refused
+        directory = given.resolve()
+        files = [directory, *(directory / f for f in ADAPTER_FILES if (directory / f).exists())]
+        if not all(any(f.resolve().is_relative_to(root) for root in self.adapter_roots) for f in files):
+            raise refused
+        return directory
+
+    def shutdown(self) -> None:
+        """Stop generating: running and queued requests end now (503 or an error event), instead of at max_tokens."""
+        self.engine.close(timeout=10)
 
     def unload_adapter(self, name: str) -> None:
         if not self.engine.unregister_adapter(name):
@@ -107,18 +143,18 @@ class InferenceService:
                 "object": "model",
                 "created": self.created,
                 "owned_by": "tuneforge",
-                "root": str(self.base.path),
+                "root": self.base_name,  # vLLM puts a path here; ours names the model, never a server path
                 "parent": None,
             }
         ]
-        for name, entry in sorted(self.engine.registry.names().items()):
+        for name in sorted(self.engine.registry.names()):
             data.append(
                 {
                     "id": name,
                     "object": "model",
                     "created": self._registered_at.get(name, self.created),
                     "owned_by": "tuneforge",
-                    "root": str(entry.path),
+                    "root": name,
                     "parent": self.base_name,
                 }
             )
@@ -127,7 +163,11 @@ class InferenceService:
     # ---- requests -------------------------------------------------------------------------------------------
 
     def chat_prompt(self, target: Target, messages: list[dict[str, Any]]) -> list[int]:
-        ids = render_chat(self.base.tokenizer, messages, target.chat_template)
+        try:
+            ids = render_chat(self.base.tokenizer, messages, target.chat_template)
+        except (ValueError, TypeError, KeyError, TemplateError) as exc:  # content parts the template cannot render
+            log.info("chat template refused messages for %s: %s", target.model, exc)
+            raise APIError(400, "These messages cannot be rendered for this model.", param="messages") from None
         self._check_prompt(ids, "messages")
         return ids
 
@@ -189,12 +229,15 @@ class InferenceService:
             )
         limit = min(max_tokens or self.settings.max_output_tokens, room)
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-        return SamplingParams(
-            max_tokens=limit,
-            temperature=1.0 if temperature is None else temperature,
-            top_p=max(1e-6, 1.0 if top_p is None else top_p),
-            n=n,
-            seed=seed,
-            stop=stops,
-            stop_token_ids=target.stop_token_ids,
-        )
+        try:
+            return SamplingParams(
+                max_tokens=limit,
+                temperature=1.0 if temperature is None else temperature,
+                top_p=max(1e-6, 1.0 if top_p is None else top_p),
+                n=n,
+                seed=seed,
+                stop=stops,
+                stop_token_ids=target.stop_token_ids,
+            )
+        except ValueError as exc:  # the schema checks the same ranges; this keeps any slip a 400, not a 500
+            raise APIError(400, str(exc)) from None

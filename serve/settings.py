@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+import ipaddress
+
+from pydantic import BaseModel, Field, field_validator
 
 
 class ServeSettings(BaseModel):
@@ -17,3 +19,30 @@ class ServeSettings(BaseModel):
     max_loaded_adapters: int = Field(default=8, ge=1)
     max_prefill_tokens: int = Field(default=4096, ge=1)
     api_key: str | None = None  # when set, requests must carry it as a Bearer token (the gateway does)
+
+    @field_validator("api_key")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        # an empty TUNEFORGE_INFERENCE_API_KEY= line means "no key", not "the empty key"
+        return (value.strip() or None) if value is not None else None
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to a public interface
+
+
+def exposure_problem(host: str, api_key: str | None) -> str | None:
+    """Why listening on host without api_key is unsafe (None when it is loopback or a key is set)."""
+    if is_loopback(host) or (api_key and api_key.strip()):
+        return None
+    return (
+        f"refusing to listen on {host} without a service key: anyone who can reach this port could run the model "
+        "and load adapters. Set TUNEFORGE_INFERENCE_API_KEY to a generated secret (e.g. `openssl rand -hex 32`) "
+        "shared with the API, or listen on 127.0.0.1 (the default)."
+    )

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -15,6 +15,7 @@ from engine.inference.asyncio_engine import AsyncEngine
 from engine.inference.types import ChoiceDelta, SamplingParams
 
 _DONE = object()
+T = TypeVar("T")
 
 
 async def merged(
@@ -71,9 +72,40 @@ class ReleasingStreamingResponse(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            closer = getattr(self._content, "aclose", None)
-            if closer is not None:
-                await closer()
-            result = self._on_close()
-            if result is not None:
-                await result
+            try:
+                closer = getattr(self._content, "aclose", None)
+                if closer is not None:
+                    await closer()  # aborts the engine request if the stream ended early
+            finally:
+                # even when closing raised or was cancelled: a slot not given back is a 429 for good
+                result = self._on_close()
+                if result is not None:
+                    await result
+
+
+class ClientGone(Exception):
+    """The client disconnected before the answer was ready."""
+
+
+async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+    """Await work, but cancel it (and raise ClientGone) as soon as the client disconnects."""
+    # Starlette cancels a streaming response on disconnect, not a handler still computing a plain one: without
+    # this an abandoned request keeps its rows decoding and its key's slot taken until max_tokens.
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    job = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({job, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (watcher, job):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+    if job.cancelled():
+        raise ClientGone()
+    return job.result()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import inspect
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -287,8 +288,13 @@ def settings_problem(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> st
     return None
 
 
+REQUIRED_SECRET = "operator-set-secret"  # what a required ${VAR:?message} stands for once the operator set it
+REQUIRED = re.compile(r"\$\{(\w+):?\?[^}]*\}")
+
+
 def compose_default(value: str) -> str:
-    """What compose makes of ${VAR:-default} / ${VAR-default} / ${VAR} when VAR is unset."""
+    """What compose makes of ${VAR:-default}, ${VAR-default}, ${VAR} unset, and a required ${VAR:?message} set."""
+    value = REQUIRED.sub(REQUIRED_SECRET, value)
     return re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value)
 
 
@@ -594,3 +600,62 @@ def test_every_data_file_in_the_packages_ships_in_the_wheel() -> None:
         and not any(path.match(p) for p in patterns)
     ]
     assert missed == [], f"add these to [tool.setuptools.package-data]: {missed}"
+
+
+# ------------------------------------------------------------------------------ the inference service key
+
+
+def _loopback(host: str | None) -> bool:
+    from serve.settings import is_loopback
+
+    return host is not None and is_loopback(host)
+
+
+def test_tuneforge_inference_listens_on_loopback_unless_told_otherwise() -> None:
+    command = cli_root().commands["inference"]
+    host = next(p for p in command.params if p.name == "host")
+    assert _loopback(str(host.default)), host.default
+
+
+def test_compose_inference_key_is_required_and_never_a_literal(stages: dict[str, Stage], services: Services) -> None:
+    """The key comes from the operator (${VAR:?...}: compose refuses to start without it), never a default."""
+    key = "TUNEFORGE_INFERENCE_API_KEY"
+    for name in ("api", "inference"):
+        value = str(services[name].get("environment", {}).get(key, ""))
+        assert REQUIRED.fullmatch(value), f"{name}: {key} must be ${{VAR:?message}} with no default, got {value!r}"
+    argv = service_argv(services["inference"], stages)
+    if not _loopback(option_value(argv, "--host") or "127.0.0.1"):
+        assert key in services["inference"]["environment"], "inference listens off loopback: it needs the key"
+    for path in (COMPOSE, DEPLOY / "compose.gpu.yml"):
+        text = path.read_text()
+        assert not re.search(r"INFERENCE_API_KEY[^\n]*:-", text), f"{path.name} gives the inference key a default"
+
+
+def test_env_example_and_units_carry_no_inference_key() -> None:
+    """The example leaves the key empty for the operator to generate: a forgotten key is an error, not an open port."""
+    lines = (DEPLOY / "tuneforge.env.example").read_text().splitlines()
+    values = [line.split("=", 1)[1].strip() for line in lines if line.startswith("TUNEFORGE_INFERENCE_API_KEY=")]
+    assert values == [""], values
+    assert "openssl rand" in (DEPLOY / "tuneforge.env.example").read_text()
+    for unit in sorted((DEPLOY / "systemd").glob("*.service")):
+        text = unit.read_text()
+        assert "INFERENCE_API_KEY" not in text, f"{unit.name}: keep the key in the 0600 environment file"
+        for line in text.splitlines():
+            if line.startswith("ExecStart=") and " inference " in line:
+                assert "EnvironmentFile=" in text, unit.name  # where the key comes from
+
+
+def test_inference_refuses_a_public_address_without_the_key(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFORGE_")}
+    env["TUNEFORGE_DATA_DIR"] = str(tmp_path)
+    for host in ("0.0.0.0", "::", "10.1.2.3", "gpu1.internal"):
+        result = subprocess.run(
+            [sys.executable, "-m", "tuneforge", "inference", "--base-model", "tiny-chat", "--host", host],
+            env={**env, "TUNEFORGE_INFERENCE_API_KEY": ""},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 2, (host, result.stdout, result.stderr)
+        assert f"refusing to listen on {host}" in result.stderr and "TUNEFORGE_INFERENCE_API_KEY" in result.stderr
+        assert not (tmp_path / "models").exists()  # refused before any model was loaded

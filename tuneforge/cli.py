@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from app.core.settings import Settings, get_settings
+from tuneforge.client import register as register_user_commands
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
 cli = typer.Typer(help="TuneForge: self-hosted, OpenAI-compatible fine-tuning.", no_args_is_help=True)
 keys_cli = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
+register_user_commands(cli)  # files, jobs, models, chat: clients of the public /v1 API
 
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="Data directory (also TUNEFORGE_DATA_DIR; default ./data).")
@@ -52,7 +55,7 @@ def database_session(data_dir: Path | None) -> Iterator[Session]:
 
     settings = load_settings(data_dir)
     prepare(settings)
-    db = Database(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url, settings.database_timeout_s)
     try:
         with db.session() as session:
             yield session
@@ -75,10 +78,9 @@ def serve(
     data_dir: DataDir = None,
 ) -> None:
     """Run the API on the embedded default: SQLite, local blobs, no other server needed."""
-    import uvicorn
-
     from app.core.storage import BlobStore
     from app.main import create_app
+    from serve.runner import server_for
 
     settings = load_settings(data_dir)
     prepare(settings)
@@ -86,22 +88,28 @@ def serve(
     host = host or settings.host
     port = port or settings.port
     app = create_app(settings)
+    before_shutdown: list[Callable[[], None]] = []
     if settings.embedded_inference:
-        from tuneforge.embedded import mount_inference
+        from tuneforge.embedded import mount_inference, stop_inference
 
         mounted = mount_inference(app, settings)
         typer.echo(f"inference in-process for: {', '.join(mounted) or '(none)'}")
+        before_shutdown.append(lambda: stop_inference(app))
     embedded_worker = None
     if settings.embedded_worker:
         from tuneforge.embedded_worker import EmbeddedWorker
 
         embedded_worker = EmbeddedWorker(settings)
+        # uvicorn re-raises the signal once it has shut down, so the `finally` below may never run: stop the
+        # worker (it terminates its children) from the shutdown hooks, which always do.
+        before_shutdown.append(embedded_worker.stop)
     typer.echo(f"TuneForge listening on http://{host}:{port}  (OpenAI base_url: http://{host}:{port}/v1)")
     typer.echo(f"data dir: {settings.data_dir}  database: {_redact(settings.resolved_database_url)}")
     typer.echo(f"create an API key:  tuneforge keys create --project demo --data-dir {settings.data_dir}")
     sys.stdout.flush()
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        # one SIGTERM stops it: in-process generation ends first, then open requests get graceful_shutdown_s
+        server_for(app, host, port, grace_s=settings.graceful_shutdown_s, before_shutdown=before_shutdown).run()
     finally:
         if embedded_worker is not None:
             embedded_worker.stop()
@@ -158,27 +166,47 @@ def api(
 
     settings = load_settings()
     typer.echo(f"TuneForge API on http://{host}:{port}  database: {_redact(settings.resolved_database_url)}")
-    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, log_level="info")
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        timeout_graceful_shutdown=math.ceil(settings.graceful_shutdown_s),  # forwarded streams must not hold SIGTERM
+    )
 
 
 @cli.command()
 def inference(
     base_model: Annotated[str, typer.Option("--base-model", help="Base model name or local dir.")],
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "0.0.0.0",
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on; off loopback it needs TUNEFORGE_INFERENCE_API_KEY.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8001,
     data_dir: DataDir = None,
 ) -> None:
     """Run one inference process for a base model (cluster mode); the API forwards to it by model id."""
-    import uvicorn
+    from serve.runner import hooks_of, server_for
+    from serve.settings import exposure_problem
 
+    settings = load_settings(data_dir)
+    problem = exposure_problem(host, settings.inference_api_key)
+    if problem is not None:  # before loading the model: fail in a second, not after minutes
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
     from serve.app import create_app as create_inference_app
     from tuneforge.embedded import serve_settings
 
-    settings = load_settings(data_dir)
     source = settings.base_model_map.get(base_model, base_model)
     app = create_inference_app(source, settings.data_dir, settings=serve_settings(settings, settings.inference_api_key))
+    # The same body caps and read/idle timeouts as the API: the inference port takes bodies from the network too.
+    from app.http.body_guard import BodyLimits
+    from app.http.middleware import BodyLimitMiddleware
+
+    app.add_middleware(BodyLimitMiddleware, limits=BodyLimits.from_settings(settings))
     typer.echo(f"TuneForge inference for {base_model} on http://{host}:{port}/v1")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    server_for(app, host, port, grace_s=settings.graceful_shutdown_s, before_shutdown=hooks_of(app)).run()
 
 
 @keys_cli.command("create")

@@ -27,10 +27,11 @@ def serve_settings(settings: Settings, api_key: str | None = None):  # type: ign
     )
 
 
-def _in_process_backend(source: str, settings: Settings) -> httpx.AsyncClient:
+def _in_process_backend(source: str, settings: Settings, built: list[FastAPI]) -> httpx.AsyncClient:
     from serve.app import create_app as create_inference_app
 
     inference_app = create_inference_app(source, settings.data_dir, settings=serve_settings(settings))
+    built.append(inference_app)
     return httpx.AsyncClient(
         transport=StreamingASGITransport(inference_app),
         base_url="http://inference.local",
@@ -43,9 +44,17 @@ def mount_inference(app: FastAPI, settings: Settings) -> list[str]:
     state: AppState = app.state.tuneforge
     remote = settings.inference_url_map
     mounted = []
+    built: list[FastAPI] = []
+    app.state.inference_apps = built  # stop_inference reaches the engines through it
     for name, source in settings.base_model_map.items():
         if name in remote:
             continue
-        state.backends.register_lazy(name, functools.partial(_in_process_backend, source, settings))
+        state.backends.register_lazy(name, functools.partial(_in_process_backend, source, settings, built))
         mounted.append(name)
     return mounted
+
+
+def stop_inference(app: FastAPI) -> None:
+    """Stop every in-process engine built so far: at shutdown, running requests end instead of being waited on."""
+    for inference_app in list(getattr(app.state, "inference_apps", [])):
+        inference_app.state.before_shutdown()

@@ -18,13 +18,17 @@ def reap_forever(rt: Runtime, stop: threading.Event) -> None:
     After the database was unreachable, leases are left alone for two heartbeat periods: live runs could
     not renew them during the outage and must get the chance to before anyone calls them lost.
     """
+    settings = rt.settings
+    # The database may be back any time before the next sweep; a run's heartbeat then comes within one period,
+    # or two when its first try was still stuck connecting (up to database_timeout_s) as the database returned.
+    hold = settings.reaper_seconds + 2 * settings.heartbeat_seconds + settings.database_timeout_s
     hold_until = 0.0
-    while not stop.wait(rt.settings.reaper_seconds):
+    while not stop.wait(settings.reaper_seconds):
         try:
-            sweep = sweep_once(rt.db, rt.settings, rt.storage, rt.doorbell, reap_leases=time.monotonic() >= hold_until)
+            sweep = sweep_once(rt.db, settings, rt.storage, rt.doorbell, reap_leases=time.monotonic() >= hold_until)
         except Exception:
             log.exception("reaper sweep failed")
-            hold_until = time.monotonic() + rt.settings.reaper_seconds + 2 * rt.settings.heartbeat_seconds
+            hold_until = time.monotonic() + hold
             continue
         if sweep.requeued or sweep.ended or sweep.validated:
             log.info("reaper: requeued=%s ended=%s validated=%s", sweep.requeued, sweep.ended, sweep.validated)

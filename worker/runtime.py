@@ -31,7 +31,7 @@ def runtime() -> Runtime:
     settings = get_settings()
     return Runtime(
         settings=settings,
-        db=Database(settings.resolved_database_url),
+        db=Database(settings.resolved_database_url, settings.database_timeout_s),
         storage=BlobStore(settings.resolved_storage_dir),
         doorbell=Doorbell(settings),
     )

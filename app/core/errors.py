@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from app.core.echo import ID_CHARS, clipped
+
 
 class TuneForgeError(Exception):
     """Base of every error a client may see."""
@@ -65,11 +67,13 @@ class Unavailable(TuneForgeError):
 
 def not_found(kind: str, object_id: str, param: str | None = "id") -> NotFound:
     """Same answer for missing and foreign objects, so ids leak nothing across projects."""
-    return NotFound(f"No such {kind} object: {object_id}", param=param)
+    return NotFound(f"No such {kind} object: {clipped(object_id, ID_CHARS)}", param=param)
 
 
 def model_not_found(model_id: str) -> NotFound:
     """OpenAI's exact answer for an unknown (or foreign) model."""
     return NotFound(
-        f"The model `{model_id}` does not exist or you do not have access to it.", param=None, code="model_not_found"
+        f"The model `{clipped(model_id, ID_CHARS)}` does not exist or you do not have access to it.",
+        param=None,
+        code="model_not_found",
     )

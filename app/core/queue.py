@@ -17,7 +17,7 @@ JOBS_QUEUE = "tuneforge.jobs"
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
     if settings.is_embedded_queue:
         folder = settings.queue_dir
-        for sub in ("in", "processed"):
+        for sub in ("in", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         # One folder for both directions: producer and consumer see the same messages.
         return {
@@ -25,6 +25,8 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
             "data_folder_out": str(folder / "in"),
             "processed_folder": str(folder / "processed"),
             "store_processed": False,
+            # kombu's exchange tables; its default is a `control/` folder in the working directory
+            "control_folder": str(folder / "control"),
         }
     return {"visibility_timeout": 3600}
 

@@ -21,6 +21,15 @@ class Settings(BaseSettings):
         default=None,
         description="SQLAlchemy URL; default is SQLite under data_dir. Postgres: postgresql+psycopg://...",
     )
+    database_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Longest wait to connect to the database; past it a request answers 503 with Retry-After.",
+    )
+    database_retry_after_s: int = Field(
+        default=5, ge=1, le=120, description="`Retry-After` of the 503 a request gets while the database is down."
+    )
     broker_url: str | None = Field(
         default=None,
         description="Celery broker URL; default is a serverless filesystem transport under data_dir.",
@@ -40,7 +49,37 @@ class Settings(BaseSettings):
     max_line_bytes: int = Field(default=MiB, ge=64, description="Longest accepted JSONL line.")
     max_report_errors: int = Field(default=100, ge=1, le=10_000, description="Errors listed in a dataset report.")
     min_examples: int = Field(default=10, ge=1, description="Fewest examples a training file may have.")
-    max_json_body_bytes: int = Field(default=4 * MiB, ge=1024, description="Largest JSON request body.")
+    max_json_body_bytes: int = Field(
+        default=4 * MiB,
+        ge=1024,
+        description="Largest request body other than a file upload, whatever its content-type.",
+    )
+    max_json_depth: int = Field(
+        default=64, ge=2, le=512, description="Deepest nesting of arrays and objects in a JSON request body."
+    )
+    max_part_header_bytes: int = Field(
+        default=16 * 1024, ge=256, le=MiB, description="Largest header block of one part of a multipart upload."
+    )
+    max_form_parts: int = Field(
+        default=16, ge=2, le=1000, description="Most parts (the file plus text fields) a multipart upload may have."
+    )
+    max_form_field_bytes: int = Field(default=64 * 1024, ge=64, description="Longest text field of a multipart upload.")
+    max_form_fields_total_bytes: int = Field(
+        default=256 * 1024, ge=64, description="All text fields of a multipart upload together."
+    )
+    body_idle_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Longest pause between two chunks of a request body; past it the request answers 408 "
+        "and a partial upload is removed.",
+    )
+    body_read_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Longest time to receive a whole request body other than a file upload; past it 408.",
+    )
     list_limit_max: int = Field(default=10_000, ge=1, description="Largest `limit` a list request may ask for.")
 
     # Base models the operator offers: comma-separated names; `name=/local/dir` maps a name to a local copy.
@@ -53,6 +92,11 @@ class Settings(BaseSettings):
     # --- jobs and workers (section owned by the jobs/worker code) ---
     lease_seconds: float = Field(default=120.0, gt=0, description="A running job's lease; renewed by heartbeats.")
     heartbeat_seconds: float = Field(default=15.0, gt=0, description="How often a running task renews its lease.")
+    control_poll_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="How often a running task reads its job's cancel/pause flags between heartbeats (a cheap read).",
+    )
     reaper_seconds: float = Field(default=30.0, gt=0, description="How often the reaper sweeps expired leases.")
     doorbell_resend_seconds: float = Field(
         default=60.0, gt=0, description="Re-send the queue message of a job left queued this long."
@@ -129,6 +173,25 @@ class Settings(BaseSettings):
     max_loaded_adapters: int = Field(default=8, ge=1, description="Adapters kept in memory per base model (LRU).")
     max_batch_size: int = Field(default=64, ge=1, description="Sequences decoded together per base model.")
     embedded_inference: bool = Field(default=True, description="`tuneforge serve` runs inference in-process.")
+    graceful_shutdown_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=600,
+        description="On SIGTERM, how long open requests may take to finish before they are cancelled "
+        "(generation is stopped at once either way).",
+    )
+
+    # --- what operators and users see: the job log, the access log ---
+    job_log_progress_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=3600,
+        description="Least time between two progress lines of one running job in the server and worker log.",
+    )
+    log_polling_requests: bool = Field(
+        default=False,
+        description="Log an access line for every successful GET/HEAD (polling); errors and writes always are.",
+    )
 
     @field_validator("database_url", "broker_url")
     @classmethod

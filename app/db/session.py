@@ -12,8 +12,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine; SQLite gets WAL and a busy timeout so API, worker and CLI share one file."""
+def make_engine(url: str, connect_timeout_s: float = 5.0) -> Engine:
+    """Create an engine; SQLite gets WAL and a busy timeout so API, worker and CLI share one file.
+
+    Postgres connects with a timeout and waits at most that long for a pooled connection, so a request
+    during a database outage fails in seconds (a 503) instead of hanging.
+    """
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -29,15 +33,22 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        pool_timeout=connect_timeout_s,
+        connect_args={"connect_timeout": max(1, round(connect_timeout_s))},
+    )
 
 
 class Database:
     """Owns one engine and hands out short-lived sessions."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, connect_timeout_s: float = 5.0) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, connect_timeout_s)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -60,6 +71,14 @@ class Database:
             return True
         except Exception:
             return False
+
+    def uptime_seconds(self) -> float | None:
+        """Seconds since the database server started (Postgres); None where it has no such notion (SQLite)."""
+        if not self.url.startswith("postgresql"):
+            return None
+        with self.engine.connect() as conn:
+            value = conn.execute(text("SELECT EXTRACT(EPOCH FROM now() - pg_postmaster_start_time())")).scalar()
+        return float(value) if value is not None else None
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -88,7 +88,16 @@ class StreamingASGITransport(httpx.AsyncBaseTransport):
                 await messages.put(_DONE)
 
         task = asyncio.create_task(run())
-        start = await messages.get()
+        try:
+            start = await messages.get()
+        except BaseException:
+            # The caller gave up before the app answered (its client went away while a plain answer was being
+            # computed): tell the app, as a server would, so it stops generating and frees its slot.
+            disconnected.set()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(task), timeout=5)
+            task.cancel()
+            raise
         if start["type"] == "tuneforge.error":
             raise start["exc"]
         if start["type"] != "http.response.start":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -12,6 +13,8 @@ import httpx
 
 from app.core.errors import InvalidRequest, Unavailable
 from app.core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,9 +33,13 @@ class Backend:
         async with self.lock:
             if name in self.registered:
                 return
-            response = await self.client.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+            try:
+                response = await self.client.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+            except httpx.HTTPError as exc:
+                log.warning("inference backend for %s unreachable: %r", self.base_model, exc)
+                raise Unavailable(f"The inference backend for `{self.base_model}` is unreachable.") from None
             if response.status_code >= 400 and "already" not in response.text:
-                raise _backend_error(response, f"could not load adapter {name}")
+                raise _backend_error(response, name)
             self.registered.add(name)
 
     async def forget_adapter(self, name: str) -> None:
@@ -41,14 +48,13 @@ class Backend:
             await self.client.post("/v1/unload_lora_adapter", json={"lora_name": name})
 
 
-def _backend_error(response: httpx.Response, what: str) -> Exception:
-    try:
-        message = response.json()["error"]["message"]
-    except Exception:
-        message = response.text[:500]
+def _backend_error(response: httpx.Response, model_id: str) -> Exception:
+    """The client's error for a refused adapter load, naming the model."""
+    # the backend's own message stays in the log: vLLM's names the adapter's directory, a server path
+    log.warning("backend refused adapter %s (%s): %s", model_id, response.status_code, response.text[:500])
     if response.status_code < 500:
-        return InvalidRequest(f"{what}: {message}", param="model")
-    return Unavailable(f"{what}: {message}")
+        return InvalidRequest(f"The model `{model_id}` cannot be served by its inference backend.", param="model")
+    return Unavailable(f"The inference backend could not load the model `{model_id}`; retry shortly.")
 
 
 class BackendRegistry:

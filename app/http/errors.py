@@ -8,8 +8,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as db_errors
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
+from app.core.echo import ID_CHARS, clipped
 from app.core.errors import RateLimited, TuneForgeError
 
 log = logging.getLogger("tuneforge.http")
@@ -28,8 +31,8 @@ def request_id_of(request: Request) -> str:
 
 
 def _param_from_loc(loc: Any) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
-    return ".".join(parts) or None
+    parts = [clipped(str(p)) for p in loc if p not in ("body", "query", "path", "header", "form")]
+    return clipped(".".join(parts), ID_CHARS) or None
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
@@ -48,7 +51,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "Invalid request"}
     param = _param_from_loc(first.get("loc", ()))
-    message = f"{first.get('msg', 'Invalid value')}" + (f" - '{param}'" if param else "")
+    message = clipped(f"{first.get('msg', 'Invalid value')}", 200) + (f" - '{param}'" if param else "")
     return JSONResponse(
         envelope(message, "invalid_request_error", param, "invalid_value"),
         status_code=400,
@@ -60,11 +63,42 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     message = str(exc.detail)
     if exc.status_code == 404:
-        message = f"Unknown request URL: {request.method} {request.url.path}."
+        message = f"Unknown request URL: {clipped(request.method)} {clipped(request.url.path, ID_CHARS)}."
+    headers = {"x-request-id": request_id_of(request), **(exc.headers or {})}
+    if exc.status_code == 405:
+        # Starlette names only the first route that matched the path; list every method the path takes.
+        message = f"Method {request.method} is not allowed for {request.url.path}."
+        headers["allow"] = ", ".join(_allowed_methods(request))
+        headers.pop("Allow", None)
     return JSONResponse(
         envelope(message, _STATUS_TYPES.get(exc.status_code, "invalid_request_error"), None, None),
         status_code=exc.status_code,
-        headers={"x-request-id": request_id_of(request), **(exc.headers or {})},
+        headers=headers,
+    )
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The database cannot be reached (outage, restart, pool exhausted): a 503 the client may retry."""
+    log.warning("database unavailable in %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    retry_after = request.app.state.tuneforge.settings.database_retry_after_s
+    return JSONResponse(
+        envelope(
+            "The service is temporarily unavailable; retry shortly.",
+            "server_error",
+            None,
+            "service_unavailable",
+        ),
+        status_code=503,
+        headers={"x-request-id": request_id_of(request), "retry-after": str(retry_after)},
     )
 
 
@@ -91,4 +125,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(TuneForgeError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    # OperationalError: refused or dropped connections; InterfaceError: a connection closed under us;
+    # TimeoutError: no pooled connection within the database timeout.
+    for outage in (db_errors.OperationalError, db_errors.InterfaceError, db_errors.TimeoutError):
+        app.add_exception_handler(outage, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected_error)

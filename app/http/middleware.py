@@ -1,12 +1,14 @@
-"""Pure-ASGI middleware (no body buffering): request ids and a cap on JSON bodies."""
+"""Pure-ASGI middleware (no body buffering): request ids, and a size and time bound on every request body."""
 
 from __future__ import annotations
 
 import json
 import secrets
-from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.http.body_guard import BodyGuard, BodyLimits, BodyRefused, Refusal
 
 
 class RequestIdMiddleware:
@@ -32,77 +34,64 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-class JsonBodyLimitMiddleware:
-    """Refuse JSON bodies over the cap while they stream in (chunked bodies carry no Content-Length)."""
+class BodyLimitMiddleware:
+    """Bound every request body by size and by time while it streams, whatever its headers say.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    Uploads (POST /v1/files) get the upload cap, every other body the JSON cap, content-type or not; chunked
+    bodies carry no Content-Length, so the count is kept in the receive path. A refused body is answered by
+    this middleware (413 or 408), never by the route, so no handler can echo it or turn it into a 500.
+    """
+
+    def __init__(self, app: ASGIApp, limits: BodyLimits) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _is_json(scope):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await _send_413(scope, send, self.max_bytes)
+        guard = BodyGuard(scope, receive, self.limits)
+        if guard.declared_too_large():
+            await _answer(scope, send, guard, guard.refuse_declared())
             return
-        received = 0
+        started = False
 
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _BodyTooLarge()
-            return message
+        async def gated_send(message: Message) -> None:
+            nonlocal started
+            if guard.refusal is not None:
+                return  # the route answered a body we refused (e.g. FastAPI's 400 for a failed read): drop it
+            if message["type"] == "http.response.start" and not started:
+                started = True
+                # Read the unread rest first: a client still sending would get a reset instead of this answer.
+                if not await guard.drain():
+                    message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
+            await send(message)
 
         try:
-            await self.app(scope, counting_receive, send)
-        except _BodyTooLarge:
-            await _send_413(scope, send, self.max_bytes)
+            await self.app(scope, guard.receive, gated_send)
+        except BodyRefused:
+            pass  # answered below
+        except ClientDisconnect:
+            if not guard.disconnected:
+                raise
+            return  # the client left mid-body: nobody to answer, and not a server error
+        except Exception:
+            if guard.refusal is None:
+                raise
+            # The route failed while its body was being refused (e.g. FastAPI wrapped our error): answered below.
+        if guard.refusal is not None and not started:
+            await _answer(scope, send, guard, guard.refusal)
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope.get("headers", []):
-        if key.lower() == name:
-            return bytes(value)
-    return None
-
-
-def _is_json(scope: Scope) -> bool:
-    value = _header(scope, b"content-type") or b""
-    return b"json" in value.lower()
-
-
-def _content_length(scope: Scope) -> int | None:
-    value = _header(scope, b"content-length")
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-async def _send_413(scope: Scope, send: Send, limit: int) -> None:
-    body: dict[str, Any] = {
-        "error": {
-            "message": f"Request body exceeds the limit of {limit} bytes.",
-            "type": "invalid_request_error",
-            "param": None,
-            "code": "payload_too_large",
-        }
-    }
+async def _answer(scope: Scope, send: Send, guard: BodyGuard, refusal: Refusal) -> None:
+    """Send the refusal in OpenAI's envelope; close the connection unless the whole body was read."""
+    if guard.disconnected:
+        return
+    fully_read = await guard.drain() if refusal.status == 413 else False
+    body = {"error": {"message": refusal.message, "type": "invalid_request_error", "param": None, "code": refusal.code}}
     request_id = str(scope.get("state", {}).get("request_id", ""))
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode())],
-        }
-    )
+    headers = [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode())]
+    if not fully_read:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
     await send({"type": "http.response.body", "body": json.dumps(body).encode()})

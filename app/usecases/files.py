@@ -7,14 +7,16 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import or_, select, tuple_
 from sqlalchemy.orm import Session
 
+from app.core.echo import clipped
 from app.core.errors import InvalidRequest, not_found
 from app.core.ids import new_id, now_ns, ns_to_s
 from app.core.settings import Settings
 from app.core.storage import BlobStore, IncomingBlob
-from app.db.models import StoredFile
+from app.db.models import FineTuningJob, StoredFile
+from app.usecases.jobs import TERMINAL
 from engine.formats import DatasetChecker
 
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
@@ -64,7 +66,7 @@ def validate_purpose(purpose: str | None) -> str:
         raise InvalidRequest("'purpose' is a required property", param="purpose")
     if purpose not in UPLOAD_PURPOSES:
         raise InvalidRequest(
-            f"'{purpose}' is not one of {list(UPLOAD_PURPOSES)} - 'purpose'", param="purpose"
+            f"'{clipped(purpose)}' is not one of {list(UPLOAD_PURPOSES)} - 'purpose'", param="purpose"
         )
     return purpose
 
@@ -229,8 +231,26 @@ def delete_file(session: Session, project_id: str, file_id: str) -> str:
     """Delete the row and return the blob key; the caller removes the blob only after the commit.
 
     Row first, bytes second: a crash in between leaves an orphan blob, never a row without its bytes.
+    A file that a job still to finish trains on is refused (400, not 409: OpenAI's SDK retries a 409).
     """
     row = get_file(session, project_id, file_id)
+    user = session.scalar(
+        select(FineTuningJob)
+        .where(
+            FineTuningJob.project_id == project_id,
+            FineTuningJob.status.notin_(TERMINAL),
+            or_(FineTuningJob.training_file == file_id, FineTuningJob.validation_file == file_id),
+        )
+        .order_by(FineTuningJob.created_ns)
+        .limit(1)
+    )
+    if user is not None:
+        raise InvalidRequest(
+            f"File {file_id} is in use by fine-tuning job {user.id} (status '{user.status}'); cancel the job or "
+            "wait for it to finish before deleting the file.",
+            param="file_id",
+            code="file_in_use",
+        )
     session.delete(row)
     session.flush()
     return row.storage_key

@@ -287,7 +287,10 @@ def _not_allowed(job: FineTuningJob, action: str) -> InvalidRequest:
 
 
 def cancel_job(session: Session, project_id: str, job_id: str) -> FineTuningJob:
-    """Idle jobs are cancelled at once; a running job gets the cancel flag its heartbeat reads."""
+    """Idle jobs are cancelled at once; a running job gets the cancel flag its worker polls (within a second).
+
+    Once this answers `cancelling` the job ends `cancelled`, even if its run completes first (jobs_run).
+    """
     job = get_job(session, project_id, job_id)
     status = job.status
     if status in ("validating_files", "queued", "paused"):

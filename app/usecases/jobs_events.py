@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,25 @@ from sqlalchemy.orm import Session
 from app.core.errors import not_found
 from app.core.ids import new_id, now_ns
 from app.db.models import FineTuningEvent
+from app.usecases import job_log
+
+# An absolute POSIX path: a '/' that starts a word (so `3/10`, `org/model` and URLs are left alone).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/[^\s'\"`,;:()\[\]{}<>]+")
+
+
+def public_text(text: str) -> str:
+    """Text tenants may read: server paths (data dir, checkpoints, model dirs) become a neutral word."""
+    return _ABSOLUTE_PATH.sub("[path]", text)
+
+
+def _public(value: Any) -> Any:
+    if isinstance(value, str):
+        return public_text(value)
+    if isinstance(value, dict):
+        return {k: _public(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_public(v) for v in value]
+    return value
 
 
 def add_event(
@@ -24,7 +44,10 @@ def add_event(
     data: dict[str, Any] | None = None,
     event_type: str = "message",
 ) -> FineTuningEvent:
-    """Append one event; call inside the transaction that makes the transition it describes."""
+    """Append one event; call inside the transaction that makes the transition it describes.
+
+    Message and data are scrubbed of server paths here, whoever wrote them (engine text, exception text).
+    """
     row = FineTuningEvent(
         id=new_id("ftevent-"),
         job_id=job_id,
@@ -33,10 +56,11 @@ def add_event(
         level=level,
         type=event_type,
         kind=kind,
-        message=message,
-        data=data,
+        message=public_text(message),
+        data=_public(data),
     )
     session.add(row)
+    job_log.queue_line(session, job_id, kind, row.message, attempt, level, row.data)  # operators' log
     return row
 
 

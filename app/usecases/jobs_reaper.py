@@ -110,11 +110,21 @@ def stuck_validations(db: Database, settings: Settings, storage: BlobStore, olde
     return queued
 
 
+def database_just_restarted(db: Database, settings: Settings) -> bool:
+    """Whether the database server started less than a lease ago (Postgres only).
+
+    While it was down no run could renew its lease; a reaper that saw no failed sweep (the outage fell between
+    two sweeps) must still give live runs one lease period to heartbeat before calling their leases expired.
+    """
+    uptime = db.uptime_seconds()
+    return uptime is not None and uptime < settings.lease_seconds
+
+
 def sweep_once(
     db: Database, settings: Settings, storage: BlobStore, doorbell: Doorbell, *, reap_leases: bool = True
 ) -> Sweep:
     """One pass; doorbells ring only after the transitions committed."""
-    sweep = reap_expired(db) if reap_leases else Sweep()
+    sweep = reap_expired(db) if reap_leases and not database_just_restarted(db, settings) else Sweep()
     sweep.validated = stuck_validations(db, settings, storage, settings.doorbell_resend_seconds)
     sweep.rung = stale_queued(db, settings.doorbell_resend_seconds)
     doorbell.ring([*sweep.requeued, *sweep.validated, *sweep.rung])

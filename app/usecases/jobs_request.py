@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from app.core.echo import ID_CHARS, clipped, quoted
 from app.core.errors import InvalidRequest
 from engine.spec import Hyperparameters, Tuning
 
@@ -70,8 +72,21 @@ def _string(body: dict[str, Any], name: str, *, required: bool) -> str | None:
             raise InvalidRequest(f"'{name}' is a required property", param=name, code="missing_required_parameter")
         return None
     if not isinstance(value, str) or not value:
-        raise _fail(f"{value!r} is not of type 'string' - '{name}'", name)
+        raise _fail(f"{quoted(value)} is not of type 'string' - '{name}'", name)
+    if len(value) > ID_CHARS:  # no model or file id is this long; later messages quote these values
+        raise _fail(f"{name} must be at most {ID_CHARS} characters.", name)
     return value
+
+
+def _check_finite(value: Any, param: str) -> None:
+    """Refuse NaN/Infinity and integers past int64 anywhere in a hyperparameter, whatever parsed the body."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _fail(f"{param} must be a finite number.", param)
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        raise _fail(f"{param} is out of range.", param)
+    if isinstance(value, list):
+        for item in value:
+            _check_finite(item, param)
 
 
 def _auto_or(value: Any, param: str, *, integer: bool, low: float, high: float, low_open: bool) -> Any:
@@ -97,7 +112,11 @@ def _check_hyperparameters(raw: Any, method_type: str, prefix: str) -> dict[str,
         allowed.add("beta")
     for key in raw:
         if key not in allowed:
-            raise _fail(f"Unknown hyperparameter '{key}' for method '{method_type}'.", f"{prefix}.{key}")
+            raise _fail(
+                f"Unknown hyperparameter '{clipped(key)}' for method '{method_type}'.", f"{prefix}.{clipped(key)}"
+            )
+    for key, value in raw.items():
+        _check_finite(value, f"{prefix}.{key}")
     out: dict[str, Any] = {}
     if "batch_size" in raw:
         out["batch_size"] = _auto_or(
@@ -126,7 +145,7 @@ def _check_hyperparameters(raw: Any, method_type: str, prefix: str) -> dict[str,
             field = str(first["loc"][0]) if first["loc"] else ""
             if names is not None:
                 field = next((k for k, v in names.items() if v == field), field)
-            raise _fail(f"{first['msg']} - '{prefix}.{field}'", f"{prefix}.{field}") from None
+            raise _fail(f"{clipped(first['msg'], 200)} - '{prefix}.{field}'", f"{prefix}.{field}") from None
     out.update({k: raw[k] for k in (*HPARAM_EXTENSIONS, *TUNING_EXTENSIONS) if k in raw})
     return out
 
@@ -149,17 +168,18 @@ def _method(body: dict[str, Any]) -> dict[str, Any]:
         )
     if method_type not in METHODS:
         raise _fail(
-            f"{method_type!r} is not one of ['supervised', 'dpo', 'reinforcement'] - 'method.type'", "method.type"
+            f"{quoted(method_type)} is not one of ['supervised', 'dpo', 'reinforcement'] - 'method.type'",
+            "method.type",
         )
     for key in method:
         if key not in ("type", method_type):
-            raise _fail(f"Unexpected key '{key}' for method type '{method_type}'.", f"method.{key}")
+            raise _fail(f"Unexpected key '{clipped(key)}' for method type '{method_type}'.", f"method.{clipped(key)}")
     section = method.get(method_type) or {}
     if not isinstance(section, dict):
         raise _fail(f"method.{method_type} must be an object.", f"method.{method_type}")
     for key in section:
         if key != "hyperparameters":
-            raise _fail(f"Unexpected key '{key}'.", f"method.{method_type}.{key}")
+            raise _fail(f"Unexpected key '{clipped(key)}'.", f"method.{method_type}.{clipped(key)}")
     prefix = f"method.{method_type}.hyperparameters"
     hparams = _check_hyperparameters(section.get("hyperparameters"), method_type, prefix)
     if legacy is not None:
@@ -181,9 +201,9 @@ def _metadata(raw: Any) -> dict[str, str] | None:
         raise _fail("metadata can have at most 16 pairs.", "metadata")
     for key, value in raw.items():
         if len(key) > 64:
-            raise _fail("metadata keys are at most 64 characters.", f"metadata.{key}")
+            raise _fail("metadata keys are at most 64 characters.", f"metadata.{clipped(key)}")
         if not isinstance(value, str) or len(value) > 512:
-            raise _fail("metadata values are strings of at most 512 characters.", f"metadata.{key}")
+            raise _fail("metadata values are strings of at most 512 characters.", f"metadata.{clipped(key)}")
     return dict(raw)
 
 
@@ -212,7 +232,7 @@ def parse_job_request(body: Any) -> JobRequest:
         raise _fail("The request body must be a JSON object.", "body")
     for key in body:
         if key not in _KNOWN_FIELDS:
-            raise _fail(f"Unrecognized request argument supplied: {key}", key)
+            raise _fail(f"Unrecognized request argument supplied: {clipped(key)}", clipped(key))
     model = _string(body, "model", required=True)
     training_file = _string(body, "training_file", required=True)
     validation_file = _string(body, "validation_file", required=False)

@@ -25,7 +25,7 @@ from app.usecases.files import store_internal_file
 from app.usecases.jobs import ACTIVE, checkpoint_name, model_name, project_name
 from app.usecases.jobs_checkpoints import latest_checkpoint
 from app.usecases.jobs_evaluation import base_message, message_data, summary_for_job, summary_message
-from app.usecases.jobs_events import METRIC_KEYS, add_event, metrics_data, metrics_message
+from app.usecases.jobs_events import METRIC_KEYS, add_event, metrics_data, metrics_message, public_text
 
 
 class LeaseLost(Exception):
@@ -44,6 +44,7 @@ class Claim:
 class Flags:
     cancel: bool
     pause: bool
+    owned: bool = True  # False: another attempt owns the job now, or it left the running states
 
 
 def checkpoint_metrics(step: int, raw: dict[str, Any] | None) -> dict[str, Any]:
@@ -139,6 +140,21 @@ def heartbeat(db: Database, job_id: str, attempt: int, lease_seconds: float) -> 
         return Flags(cancel=job.cancel_requested, pause=job.pause_requested)
 
 
+def read_flags(db: Database, job_id: str, attempt: int) -> Flags:
+    """The cancel/pause flags without renewing anything: a cheap read the supervisor repeats between heartbeats."""
+    with db.session() as session:
+        row = session.execute(
+            select(
+                FineTuningJob.cancel_requested, FineTuningJob.pause_requested, FineTuningJob.attempt,
+                FineTuningJob.status,
+            ).where(FineTuningJob.id == job_id)
+        ).first()
+    if row is None:
+        return Flags(cancel=False, pause=False, owned=False)
+    cancel, pause, current, status = row
+    return Flags(cancel=bool(cancel), pause=bool(pause), owned=current == attempt and status in ACTIVE)
+
+
 def record_child(db: Database, job_id: str, attempt: int, pid: int) -> None:
     with db.session() as session:
         _fence(session, job_id, attempt)
@@ -183,8 +199,12 @@ def _estimate_finish(run: JobAttempt, step: int, total: int | None) -> int | Non
     return ns_to_s(now + (now - run.started_ns) * (total - step) // done)
 
 
-def record_checkpoint(db: Database, job_id: str, attempt: int, event: dict[str, Any]) -> None:
-    """Insert the checkpoint row (and its snapshot model) only while this attempt owns the job."""
+def record_checkpoint(db: Database, job_id: str, attempt: int, event: dict[str, Any]) -> list[str] | None:
+    """Insert the checkpoint row (and its snapshot model) only while this attempt owns the job.
+
+    Returns the paths of the checkpoints the job keeps after retention (None when nothing changed), so the
+    worker can delete the other checkpoint directories earlier runs left on disk.
+    """
     with db.session() as session:
         job = _fence(session, job_id, attempt)
         step = int(event["step"])
@@ -193,14 +213,15 @@ def record_checkpoint(db: Database, job_id: str, attempt: int, event: dict[str, 
                 FineTuningCheckpoint.job_id == job_id, FineTuningCheckpoint.step == step
             )
         ):
-            return  # a resumed run re-announcing a step an earlier attempt recorded
+            return None  # a resumed run re-announcing a step an earlier attempt recorded
         name = checkpoint_name(job, project_name(session, job.project_id), step)
         metrics = checkpoint_metrics(step, event.get("metrics"))
         session.add(
             _checkpoint_row(job, attempt, step, str(event["path"]), str(event.get("sha256") or ""), metrics, name)
         )
         _register(session, name, job, "checkpoint", str(event["path"]), step)
-        _retire_pruned_checkpoints(session, job_id)
+        session.flush()
+        kept = _apply_retention(session, job, _best_step(session, job_id, event))
         add_event(
             session,
             job_id,
@@ -209,6 +230,7 @@ def record_checkpoint(db: Database, job_id: str, attempt: int, event: dict[str, 
             attempt=attempt,
             data={},
         )
+        return kept
 
 
 def _checkpoint_row(
@@ -228,16 +250,34 @@ def _checkpoint_row(
     )
 
 
-def _retire_pruned_checkpoints(session: Session, job_id: str) -> None:
-    """The engine keeps only the newest n_checkpoints on disk; drop rows and snapshot models it pruned."""
+def _best_step(session: Session, job_id: str, event: dict[str, Any]) -> int | None:
+    """The step of the engine's best checkpoint (it says so); else the recorded one with the lowest valid_loss."""
+    if "best_step" in event:
+        return None if event["best_step"] is None else int(event["best_step"])
     rows = session.scalars(select(FineTuningCheckpoint).where(FineTuningCheckpoint.job_id == job_id)).all()
+    scored = [(float(r.metrics["valid_loss"]), r.step) for r in rows if (r.metrics or {}).get("valid_loss") is not None]
+    return min(scored)[1] if scored else None
+
+
+def _apply_retention(session: Session, job: FineTuningJob, best_step: int | None) -> list[str]:
+    """n_checkpoints over every run of the job, not just the current one: keep the newest n and the best.
+
+    The newest always stays (a resumed run's starting point is the newest until it writes a newer one).
+    Rows whose directory the engine already pruned go too, with their snapshot models. Returns kept paths.
+    """
+    rows = session.scalars(select(FineTuningCheckpoint).where(FineTuningCheckpoint.job_id == job.id)).all()
+    present = sorted((r for r in rows if Path(r.path).is_dir()), key=lambda r: r.step, reverse=True)
+    wanted = (job.resolved or {}).get("n_checkpoints")
+    keep_n = max(1, wanted) if isinstance(wanted, int) else len(present)
+    kept = {r.id for r in present[:keep_n]} | {r.id for r in present if r.step == best_step}
     for row in rows:
-        if Path(row.path).is_dir():
+        if row.id in kept:
             continue
         model = session.get(RegisteredModel, row.model_name)
         if model is not None and model.deleted_ns is None:
             model.deleted_ns = now_ns()
         session.delete(row)
+    return [r.path for r in present if r.id in kept]
 
 
 def _register(session: Session, name: str, job: FineTuningJob, kind: str, artifact_dir: str, step: int | None) -> None:
@@ -320,11 +360,52 @@ def metrics_csv(session: Session, job_id: str, final: dict[str, Any] | None = No
     return out.getvalue().encode()
 
 
+def _end_cancelled(session: Session, job: FineTuningJob, attempt: int) -> str:
+    job.status, job.finished_ns, job.lease_owner = "cancelled", now_ns(), None
+    _end_attempt(session, job.id, attempt, "cancelled")
+    add_event(session, job.id, "cancelled", "The job was cancelled", attempt=attempt, data={})
+    return "cancelled"
+
+
+def _end_paused(session: Session, job: FineTuningJob, attempt: int) -> str:
+    job.status, job.pause_requested, job.lease_owner = "paused", False, None
+    _end_attempt(session, job.id, attempt, "paused")
+    add_event(session, job.id, "paused", "Fine-tuning job paused", attempt=attempt, data={})
+    return "paused"
+
+
+def _completed_while_stopping(session: Session, job: FineTuningJob, attempt: int) -> str | None:
+    """The run completed after the API had answered `cancelling` or `pausing`: that answer stands.
+
+    The final weights stay a recorded checkpoint (the engine checkpoints its last step); nothing is published,
+    and a paused job's resume starts from that checkpoint and publishes then.
+    """
+    if job.status not in ("cancelling", "pausing"):
+        return None
+    done = latest_checkpoint(session, job.id)
+    if done is not None and done.step == job.step:
+        kept = f"its final weights are kept as the checkpoint of step {done.step}"
+    else:  # n_checkpoints=0: the run kept no checkpoint of its last step
+        kept = f"the newest checkpoint is of step {done.step}" if done else "no checkpoint was kept"
+    if job.status == "cancelling":
+        note = f"Training completed before the cancel took effect; {kept}, no model was published"
+    else:
+        note = f"Training completed before the pause took effect; {kept}. Resume the job to publish the model"
+    add_event(session, job.id, "message", note, attempt=attempt, data={})
+    return _end_cancelled(session, job, attempt) if job.status == "cancelling" else _end_paused(session, job, attempt)
+
+
 def finish_succeeded(db: Database, storage: BlobStore, job_id: str, attempt: int, result: dict[str, Any]) -> str:
-    """Register the model, store the metrics CSV as a fine-tune-results file, mark the job succeeded."""
+    """Register the model, store the metrics CSV as a fine-tune-results file, mark the job succeeded.
+
+    Returns the job's new status: `succeeded`, or `cancelled`/`paused` when such a request came first.
+    """
     adapter_dir = str(result.get("adapter_dir") or result.get("output_dir") or "")
     with db.session() as session:
         job = _fence(session, job_id, attempt)
+        stopped = _completed_while_stopping(session, job, attempt)
+        if stopped is not None:
+            return stopped
         name = model_name(job, project_name(session, job.project_id))
         # The published weights: the best checkpoint with validation data, else the last step.
         final_step = int(result.get("selected_step") or job.step or job.total_steps or 0)
@@ -361,33 +442,35 @@ def finish_succeeded(db: Database, storage: BlobStore, job_id: str, attempt: int
         _end_attempt(session, job_id, attempt, "succeeded")
         add_event(session, job_id, "model_created", f"New fine-tuned model created: {name}", attempt=attempt, data={})
         add_event(session, job_id, "succeeded", "The job has successfully completed", attempt=attempt, data={})
-        return name
+        return "succeeded"
 
 
-def finish_paused(db: Database, job_id: str, attempt: int) -> None:
+def finish_paused(db: Database, job_id: str, attempt: int) -> str:
+    """The run checkpointed and stopped; a cancel that came after the pause wins. Returns the new status."""
     with db.session() as session:
         job = _fence(session, job_id, attempt)
-        job.status = "paused"
-        job.pause_requested = False
-        job.lease_owner = None
-        _end_attempt(session, job_id, attempt, "paused")
-        add_event(session, job_id, "paused", "Fine-tuning job paused", attempt=attempt, data={})
+        if job.status == "cancelling":
+            return _end_cancelled(session, job, attempt)
+        return _end_paused(session, job, attempt)
 
 
-def finish_cancelled(db: Database, job_id: str, attempt: int) -> None:
+def finish_cancelled(db: Database, job_id: str, attempt: int) -> str:
+    """The run stopped on a cancel. Returns the new status.
+
+    Nobody asked to cancel when SIGTERM/SIGINT came from elsewhere (a worker shutting down, a Ctrl-C in the
+    terminal): that is an interrupted run, which restarts from its checkpoint like a crashed one.
+    """
     with db.session() as session:
         job = _fence(session, job_id, attempt)
-        job.status = "cancelled"
-        job.finished_ns = now_ns()
-        job.lease_owner = None
-        _end_attempt(session, job_id, attempt, "cancelled")
-        add_event(session, job_id, "cancelled", "The job was cancelled", attempt=attempt, data={})
+        if job.status == "cancelling" or job.cancel_requested:
+            return _end_cancelled(session, job, attempt)
+        return requeue_or_fail(session, job, attempt, "training process was stopped by a signal")
 
 
 def job_error(error: dict[str, Any]) -> dict[str, Any]:
     """The engine's failure in OpenAI's words: a dataset it cannot train on is an invalid_*_file error."""
     code = str(error.get("code") or "training_failed")
-    message = str(error.get("message") or "Training failed.")
+    message = public_text(str(error.get("message") or "Training failed."))
     param = error.get("param")
     if code in ("invalid_dataset", "invalid_spec") and message.startswith(("training_file", "validation_file")):
         param = "validation_file" if message.startswith("validation_file") else "training_file"
@@ -397,9 +480,12 @@ def job_error(error: dict[str, Any]) -> dict[str, Any]:
     return {"code": code, "message": message, "param": param}
 
 
-def finish_failed(db: Database, job_id: str, attempt: int, error: dict[str, Any]) -> None:
+def finish_failed(db: Database, job_id: str, attempt: int, error: dict[str, Any]) -> str:
+    """Mark the job failed with the run's error in OpenAI's words (a cancel answered earlier wins)."""
     with db.session() as session:
         job = _fence(session, job_id, attempt)
+        if job.status == "cancelling":
+            return _end_cancelled(session, job, attempt)
         job.status = "failed"
         job.error = job_error(error)
         job.finished_ns = now_ns()
@@ -414,6 +500,7 @@ def finish_failed(db: Database, job_id: str, attempt: int, error: dict[str, Any]
             level="error",
             data={"code": job.error["code"]},
         )
+        return "failed"
 
 
 def requeue_or_fail(session: Session, job: FineTuningJob, attempt: int, reason: str) -> str:

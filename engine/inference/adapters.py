@@ -37,12 +37,20 @@ class AdapterRegistry:
 
     def register(self, name: str, path: str | Path) -> AdapterEntry:
         """Validate the directory and its manifest against the base model, then register it under name."""
+        # Messages name the adapter, never its directory: they reach API clients.
         directory = Path(path)
         if not (directory / "adapter_config.json").is_file():
-            raise AdapterMismatchError(f"{directory} is not a PEFT adapter directory (no adapter_config.json)")
+            raise AdapterMismatchError(f"adapter {name!r} is not a PEFT adapter (no adapter_config.json)")
         if not (directory / "adapter_model.safetensors").is_file():
-            raise AdapterMismatchError(f"{directory} has no adapter_model.safetensors (only safetensors are loaded)")
-        manifest = read_manifest(directory)
+            raise AdapterMismatchError(f"adapter {name!r} has no adapter_model.safetensors (only safetensors load)")
+        try:
+            manifest = read_manifest(directory)
+        except AdapterMismatchError:
+            raise AdapterMismatchError(
+                f"adapter {name!r} has no manifest.json, or one that is not a JSON object; refusing to serve it"
+            ) from None
+        except (ValueError, TypeError):  # invalid JSON, or stop ids that are not integers
+            raise AdapterMismatchError(f"adapter {name!r} has an unreadable manifest.json") from None
         check_manifest(manifest, self._base, name)
         entry = AdapterEntry(name=name, path=directory.resolve(), manifest=manifest)
         with self._lock:
@@ -106,6 +114,15 @@ class LoadedAdapters:
         internal = self._lru[key]
         self._in_use[internal] += 1
         return internal
+
+    def pinned(self) -> int:
+        """Pins held by running rows (read from any thread: retried if the engine thread changes it meanwhile)."""
+        for _ in range(10):
+            try:
+                return sum(self._in_use.values())
+            except RuntimeError:  # dictionary changed size during iteration
+                continue
+        return -1
 
     def release(self, internal: str) -> None:
         self._in_use[internal] -= 1

@@ -21,7 +21,14 @@ from engine.inference.detok import IncrementalText
 from engine.inference.kvbatch import PaddedKV
 from engine.inference.manifest import BaseIdentity
 from engine.inference.sampling import sample_batch
-from engine.inference.types import BASE_ADAPTER, ChoiceDelta, EngineError, FinishReason, SamplingParams
+from engine.inference.types import (
+    BASE_ADAPTER,
+    ChoiceDelta,
+    EngineError,
+    EngineShutdown,
+    FinishReason,
+    SamplingParams,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,17 @@ class EngineSettings:
     max_loaded_adapters: int = 8  # LRU capacity of resident adapters
     max_prefill_tokens: int = 4096  # prompt tokens admitted per step, so decoding rows are not starved
     stacked_lora: bool = True  # two-matmul mixed-adapter LoRA (lora_batch); False: PEFT's adapter_names loop
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """What the engine holds right now: all zero once every request has ended, however it ended."""
+
+    active_sequences: int  # rows in the running batch
+    starting_sequences: int  # admitted rows not yet prefilled
+    pending_requests: int  # queued, not admitted
+    pinned_adapters: int  # adapter pins held by rows
+    kv_rows: int  # rows of the batch's KV cache
 
 
 @dataclass(eq=False)
@@ -86,6 +104,7 @@ class GenerationEngine:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._closed = False
         self.steps = 0
         self.aborted_rows = 0  # rows stopped because their client went away
 
@@ -114,48 +133,81 @@ class GenerationEngine:
         if adapter is not None:
             self.registry.get(adapter)  # raises AdapterNotFoundError early
         request = _Request(next(self._ids), list(prompt_ids), params, adapter, sink)
-        self._inbox.put(("submit", request))
+        with self._lock:  # close() flips _closed under the lock, so no request slips in after the final drain
+            if self._closed:
+                raise EngineShutdown("the inference engine is shutting down")
+            self._inbox.put(("submit", request))
+            self._start_locked()
         self._wake.set()
-        self.start()
         return request.id
 
     def abort(self, request_id: int) -> None:
         """Stop a request (client gone); its rows leave the batch before the next step."""
+        if self._closed:
+            return  # close() ends every request itself; a late abort would only sit in the inbox
         self._inbox.put(("abort", request_id))
         self._wake.set()
 
     def start(self) -> None:
-        """Start the engine thread (idempotent)."""
+        """Start the engine thread (idempotent; not after close)."""
         with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._stop.clear()
-                self._thread = threading.Thread(target=self._loop, name="inference-engine", daemon=True)
-                self._thread.start()
+            if not self._closed:
+                self._start_locked()
 
-    def close(self) -> None:
-        """Stop the engine thread."""
+    def _start_locked(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="inference-engine", daemon=True)
+            self._thread.start()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the engine: running and queued requests end with EngineShutdown, later submits are refused."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=timeout)
+        if thread is None or not thread.is_alive():
+            self._end_all(EngineShutdown("the inference engine is shutting down"))  # no engine thread left
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def active_sequences(self) -> int:
         return len(self._running)
 
+    def load(self) -> EngineLoad:
+        """A snapshot of held resources, read from another thread (good enough for health and tests)."""
+        kv = self._kv
+        return EngineLoad(
+            active_sequences=len(self._running),
+            starting_sequences=len(self._starting),
+            pending_requests=len(self._pending) + self._inbox.qsize(),
+            pinned_adapters=self.loaded.pinned(),
+            kv_rows=kv.batch_size if kv is not None else 0,
+        )
+
     # ---- engine thread ---------------------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                busy = self.step()
-            except Exception as exc:  # a bug must not wedge every waiting client
-                log.exception("engine step failed")
-                self._fail_all(exc)
-                busy = False
-            if not busy:
-                self._wake.wait(timeout=0.5)
-                self._wake.clear()
+        try:
+            while not self._stop.is_set():
+                try:
+                    busy = self.step()
+                except Exception as exc:  # a bug must not wedge every waiting client
+                    log.exception("engine step failed")
+                    self._fail_batch(exc)
+                    busy = False
+                if not busy:
+                    self._wake.wait(timeout=0.5)
+                    self._wake.clear()
+        finally:
+            if self._closed:
+                self._end_all(EngineShutdown("the inference engine is shutting down"))
 
     @torch.inference_mode()
     def step(self) -> bool:
@@ -211,9 +263,11 @@ class GenerationEngine:
                 continue
             try:
                 admitted.extend(self._make_seqs(request, entry))
-            except Exception as exc:
-                log.exception("could not start request")
-                request.sink(EngineError(f"could not load adapter {request.adapter!r}: {exc}"))
+            except Exception:
+                # the exception may name server paths (PEFT's errors do): it goes to the log, not to the client
+                log.exception("could not start request on adapter %r", request.adapter)
+                what = f"adapter {request.adapter!r}" if request.adapter is not None else "the request"
+                request.sink(EngineError(f"could not start {what}"))
                 continue
             free -= request.params.n
             budget -= cost
@@ -357,19 +411,26 @@ class GenerationEngine:
             self._kv = self._kv.select(keep)
 
     def _fail(self, seqs: list[_Seq], exc: BaseException) -> None:
-        """Fail rows that are not (or no longer) in the running batch."""
+        """Fail rows that are not (or no longer) in the running batch, unpinning their adapters."""
+        error = exc if isinstance(exc, EngineError) else EngineError("generation failed")  # exc goes to the log only
         for seq in seqs:
             if seq.slot != BASE_ADAPTER:
                 self.loaded.release(seq.slot)
             if not seq.done:
                 seq.done = True
-                seq.request.sink(EngineError(f"generation failed: {exc}"))
+                seq.request.sink(error)
 
-    def _fail_all(self, exc: BaseException) -> None:
+    def _fail_batch(self, exc: BaseException) -> None:
+        """A step failed: its rows end with an error; queued requests were not part of it and stay queued."""
         self._fail(self._running + self._starting, exc)
         self._running, self._starting, self._kv = [], [], None
+
+    def _end_all(self, error: EngineError) -> None:
+        """Fail every request the engine still holds (only with no engine thread running)."""
+        self._drain_inbox()
+        self._fail_batch(error)
         while self._pending:
-            self._pending.popleft().sink(EngineError(f"generation failed: {exc}"))
+            self._pending.popleft().sink(error)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

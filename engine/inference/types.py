@@ -60,6 +60,10 @@ class EngineError(RuntimeError):
     """A request failed inside the engine (for example its adapter could not be loaded)."""
 
 
+class EngineShutdown(EngineError):
+    """The engine is closing: requests still queued or running end with this, new ones are refused."""
+
+
 class AdapterNotFoundError(KeyError):
     """No adapter is registered under this name."""
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,14 @@ from engine import train
 from engine.chat import render_prompt, stop_token_ids
 from engine.checkpoint import CheckpointError, verify_checkpoint
 from engine.models import content_hash, load_model_and_tokenizer, tokenizer_hash
-from tests.engine.engine_helpers import preference_rows, secret_rows, spec, tiny_chat_path, write_jsonl
+from tests.engine.engine_helpers import (
+    SUBPROCESS_ENV,
+    preference_rows,
+    secret_rows,
+    spec,
+    tiny_chat_path,
+    write_jsonl,
+)
 
 
 def _collect(s: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
@@ -265,3 +274,55 @@ def test_packing_off_trains_the_same_model(tmp_path: Path) -> None:
     a, b = _final_tensors(Path(packed.output_dir)), _final_tensors(Path(single.output_dir))
     for k in a:  # equal up to float reassociation: different batch shapes sum in a different order
         torch.testing.assert_close(a[k], b[k], rtol=1e-2, atol=2e-4)
+
+
+def _engine_process(tmp: Path, s: dict[str, Any]) -> tuple[subprocess.Popen[bytes], Path]:
+    """`python -m engine train` as the worker runs it, with a control dir."""
+    path, control = tmp / "spec.json", tmp / "control"
+    path.write_text(json.dumps(s))
+    control.mkdir()
+    cmd = [sys.executable, "-m", "engine", "train", str(path), "--control-dir", str(control)]
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=SUBPROCESS_ENV)
+    return proc, control
+
+
+@pytest.mark.parametrize(("request_file", "status", "code"), [("cancel", "cancelled", 4), ("pause", "paused", 3)])
+def test_a_control_file_alone_cuts_the_base_evaluation_short(
+    tmp_path: Path, request_file: str, status: str, code: int
+) -> None:
+    """Asked during the (long) base evaluation, with no signal, the run stops there, not at the first step after it.
+
+    A pause still leaves a step-0 checkpoint, and the run resumed from it measures the base model after all.
+    """
+    data = write_jsonl(tmp_path / "train.jsonl", secret_rows(8))
+    valid = write_jsonl(tmp_path / "valid.jsonl", secret_rows(64, seed=3, start=100))
+    long_evaluation = {"generation_examples": 64, "generation_max_tokens": 128, "generation_max_seconds": 120}
+    s = spec(tmp_path, data, validation_file=str(valid), hp={"n_checkpoints": 2}, evaluation=long_evaluation)
+    proc, control = _engine_process(tmp_path, s)
+    assert proc.stdout is not None
+    events: list[dict[str, Any]] = []
+    for line in proc.stdout:
+        events.append(json.loads(line))
+        if events[-1]["type"] == "started":
+            time.sleep(1.0)  # into building the model and measuring it
+            (control / request_file).touch()
+            asked = time.monotonic()
+            break
+    events += [json.loads(line) for line in proc.stdout]
+    took = time.monotonic() - asked
+    assert proc.wait(timeout=120) == code, events[-1]
+    print(f"\n{request_file} during the base evaluation: result after {took:.2f}s")
+    assert events[-1]["type"] == "result" and events[-1]["status"] == status
+    assert not [e for e in events if e["type"] in ("evaluation", "metrics")]  # cut short; no step trained
+    if status == "cancelled":
+        assert events[-1]["checkpoint"] is None
+        return
+    ckpt = events[-1]["checkpoint"]
+    assert ckpt is not None and ckpt["step"] == 0
+    (control / "pause").unlink()
+    resumed, later = _collect({**s, "resume_from": ckpt["path"], "output_dir": str(tmp_path / "resumed"),
+                               "evaluation": {"generation_examples": 2}})
+    assert resumed.status == "succeeded", resumed.error
+    assert [e["stage"] for e in later if e["type"] == "evaluation"] == ["base", "final"]
+    assert [e["step"] for e in later if e["type"] == "metrics"] == [1, 2]

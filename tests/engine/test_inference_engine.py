@@ -16,11 +16,11 @@ import torch
 from engine.chat import render, stop_token_ids
 from engine.inference.asyncio_engine import AsyncEngine
 from engine.inference.detok import IncrementalText
-from engine.inference.engine import EngineSettings, GenerationEngine
+from engine.inference.engine import EngineLoad, EngineSettings, GenerationEngine
 from engine.inference.loading import LoadedBase, load_base
 from engine.inference.prompting import render_chat
 from engine.inference.testing import build_random_base, make_adapter
-from engine.inference.types import AdapterMismatchError, SamplingParams
+from engine.inference.types import AdapterMismatchError, EngineError, EngineShutdown, SamplingParams
 
 torch.set_num_threads(2)
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -159,6 +159,81 @@ def test_a_request_that_fails_to_start_releases_its_adapter_slot(loaded: LoadedB
         assert out.token_ids[0]
 
 
+def _idle(engine: GenerationEngine, timeout: float = 60) -> None:
+    """Wait until the engine holds nothing: no rows, queued requests, adapter pins or KV."""
+    deadline = time.monotonic() + timeout
+    while True:
+        load = engine.load()
+        if load == EngineLoad(0, 0, 0, 0, 0):
+            return
+        assert time.monotonic() < deadline, load
+        time.sleep(0.02)
+
+
+def test_a_failed_decode_step_fails_its_batch_only_and_frees_it(loaded: LoadedBase, world: dict[str, Path]) -> None:
+    """A request queued behind the failed batch was never part of it: it runs; the failed rows free their pins."""
+    with make_engine(loaded, world, max_batch_size=1) as engine:
+        gen = AsyncEngine(engine)
+        forward = engine._forward
+        decodes = 0
+
+        def fail_third_decode(input_ids: torch.Tensor, *args: Any) -> torch.Tensor:
+            nonlocal decodes
+            if input_ids.shape[1] == 1:
+                decodes += 1
+                if decodes == 3:
+                    raise RuntimeError(f"device lost under {world['root']}")
+            return forward(input_ids, *args)
+
+        engine._forward = fail_third_decode  # type: ignore[method-assign]
+        p = prompt(loaded, "hello")
+
+        async def run() -> list[Any]:
+            return await asyncio.gather(
+                gen.complete(p, SamplingParams(max_tokens=20, temperature=0.0), "ft:a1"),
+                gen.complete(p, SamplingParams(max_tokens=5, temperature=0.0), "ft:a2"),
+                return_exceptions=True,
+            )
+
+        first, queued = asyncio.run(asyncio.wait_for(run(), timeout=120))
+        assert isinstance(first, EngineError) and str(world["root"]) not in str(first)
+        assert not isinstance(queued, BaseException) and len(queued.token_ids[0]) == 5
+        _idle(engine)
+
+
+def test_close_ends_running_and_queued_requests_and_refuses_new_ones(
+    loaded: LoadedBase, world: dict[str, Path]
+) -> None:
+    with make_engine(loaded, world, max_batch_size=1) as engine:
+        gen = AsyncEngine(engine)
+        forward = engine._forward
+
+        def slow(*args: Any) -> torch.Tensor:
+            time.sleep(0.05)
+            return forward(*args)
+
+        engine._forward = slow  # type: ignore[method-assign]
+        p = prompt(loaded, "hello")
+        long = SamplingParams(max_tokens=500, temperature=1.0, seed=1)
+
+        async def run() -> list[Any]:
+            tasks = [asyncio.ensure_future(gen.complete(p, long, ad)) for ad in ("ft:a1", None)]
+            while engine.load().active_sequences < 1 or engine.load().pending_requests < 1:
+                await asyncio.sleep(0.02)  # one running, one queued behind it (batch of one)
+            await asyncio.to_thread(engine.close)
+            return await asyncio.gather(*tasks, return_exceptions=True)
+
+        started = time.monotonic()
+        results = asyncio.run(asyncio.wait_for(run(), timeout=60))
+        assert time.monotonic() - started < 20  # not 500 slow tokens
+        assert all(isinstance(r, EngineShutdown) for r in results), results
+        load = engine.load()
+        assert load.active_sequences == load.pending_requests == load.pinned_adapters == load.kv_rows == 0
+        with pytest.raises(EngineShutdown):
+            engine.submit(p, long, None, lambda _: None)
+        assert not (engine._thread and engine._thread.is_alive())
+
+
 def test_adapter_whose_manifest_pins_another_base_is_refused(loaded: LoadedBase, world: dict[str, Path]) -> None:
     bad = make_adapter(world["base"], world["root"] / "bad", seed=5, manifest_overrides={"base_model_sha256": "0" * 64})
     other_tok = make_adapter(
@@ -171,9 +246,16 @@ def test_adapter_whose_manifest_pins_another_base_is_refused(loaded: LoadedBase,
             engine.register_adapter("ft:bad", bad)
         with pytest.raises(AdapterMismatchError, match="different tokenizer"):
             engine.register_adapter("ft:badtok", other_tok)
-        with pytest.raises(AdapterMismatchError, match="no manifest.json"):
+        with pytest.raises(AdapterMismatchError, match="no manifest.json") as missing:
             engine.register_adapter("ft:bare", bare)
         assert "ft:bad" not in engine.registry.names()
+        (bare / "manifest.json").write_text("{not json")
+        with pytest.raises(AdapterMismatchError, match="unreadable manifest.json") as unreadable:
+            engine.register_adapter("ft:bare", bare)
+        with pytest.raises(AdapterMismatchError, match="not a PEFT adapter") as empty:
+            engine.register_adapter("ft:empty", world["root"])
+    for refused in (missing, unreadable, empty):  # these messages reach API clients: the model id, never a path
+        assert str(world["root"]) not in str(refused.value) and "ft:" in str(refused.value)
 
 
 def test_seeded_sampling_is_reproducible_and_n_choices_differ(loaded: LoadedBase, world: dict[str, Path]) -> None:

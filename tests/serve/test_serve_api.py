@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,45 +13,16 @@ import httpx
 import openai
 import pytest
 import torch
-import uvicorn
 
 from engine.inference.testing import build_random_base, make_adapter
 from serve.app import create_app
 from serve.protocol import BackendError, InferenceClient
 from serve.settings import ServeSettings
+from tests.serve.servers import Server
 
 torch.set_num_threads(2)
 BASE = "test-base"
 FT = "ft:test-base:proj:sfx:abc123"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.app.state.service.engine.close()
 
 
 @pytest.fixture(scope="module")
@@ -245,3 +214,72 @@ def test_concurrency_per_key_is_429_with_retry_after_and_a_disconnect_frees_the_
     assert service.engine.aborted_rows == aborted_before + 1  # stopped early, not run to max_tokens
     again = sdk(server, "k-busy").chat.completions.create(model=FT, messages=MSGS, max_tokens=2)
     assert again.choices
+
+
+def _post_raw(server: Server, path: str, raw: str) -> httpx.Response:
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer k-numbers"}
+    return httpx.post(server.url + path, content=raw.encode(), headers=headers, timeout=60)
+
+
+@pytest.mark.parametrize("model", [BASE, FT], ids=["base", "adapter"])
+def test_non_finite_numbers_huge_seeds_and_deep_nesting_are_400_naming_the_field(server: Server, model: str) -> None:
+    chat = f'{{"model": "{model}", "messages": [{{"role": "user", "content": "hi"}}], "max_tokens": 2, '
+    completion = f'{{"model": "{model}", "prompt": "hi", "max_tokens": 2, '
+    cases = {
+        '"temperature": NaN}': "temperature",
+        '"top_p": Infinity}': "top_p",
+        '"seed": 1e999}': "seed",
+        '"temperature": -1e400}': "temperature",
+        '"presence_penalty": -Infinity}': "presence_penalty",  # not a field we model: still refused
+        '"seed": 10000000000000000000000000000000000000000}': "seed",
+        '"metadata": {"a": [1, 2, NaN]}}': "metadata.a.2",
+    }
+    for path, head in (("/v1/chat/completions", chat), ("/v1/completions", completion)):
+        for tail, param in cases.items():
+            response = _post_raw(server, path, head + tail)
+            assert response.status_code == 400, (path, tail, response.text)
+            error = response.json()["error"]
+            assert error["param"] == param and param in error["message"], (path, tail, error)
+        for depth in (40, 100_000):  # past our limit, and past Python's recursion limit
+            response = _post_raw(server, path, head + '"metadata": ' + "[" * depth + "]" * depth + "}")
+            assert response.status_code == 400 and "nests deeper" in response.json()["error"]["message"]
+        for raw in ("[1, 2]", "{not json", "\xff"):
+            assert _post_raw(server, path, raw).status_code == 400, raw
+    fine = _post_raw(server, "/v1/chat/completions", chat + '"seed": 9223372036854775807, "temperature": 1e-3}')
+    assert fine.status_code == 200, fine.text
+
+
+def test_load_lora_adapter_only_loads_from_under_the_data_directory(
+    server: Server, world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root = world["root"]
+    outside = make_adapter(world["base"], tmp_path_factory.mktemp("elsewhere") / "adapter", seed=14)
+    (root / "escape").symlink_to(outside, target_is_directory=True)
+    mixed = root / "mixed"  # inside the root, but its weights are a link to a file outside it
+    mixed.mkdir()
+    for name in ("adapter_config.json", "manifest.json"):
+        (mixed / name).write_bytes((outside / name).read_bytes())
+    (mixed / "adapter_model.safetensors").symlink_to(outside / "adapter_model.safetensors")
+    not_adapter = root / "plain-dir"
+    not_adapter.mkdir()
+    refused = {
+        str(outside): 400,
+        str(root / "escape"): 400,
+        f"{root}/adapters/../../{outside.parent.name}/adapter": 400,
+        "adapters/" + FT: 400,  # relative
+        str(mixed): 400,
+        str(root / "missing"): 404,
+        str(not_adapter): 400,
+    }
+    url = server.url + "/v1/load_lora_adapter"
+    for path, status in refused.items():
+        response = httpx.post(url, json={"lora_name": "ft:probe", "lora_path": path}, timeout=60)
+        assert response.status_code == status, (path, response.text)
+        assert response.json()["error"]["param"] == "lora_path", response.text
+        assert str(root) not in response.text and str(outside) not in response.text, response.text
+        assert "ft:probe" in response.json()["error"]["message"]
+    models = httpx.get(server.url + "/v1/models", timeout=60)
+    assert "ft:probe" not in models.text and str(root) not in models.text  # ids and roots name models, not paths
+    inside = httpx.post(url, json={"lora_name": "ft:inside", "lora_path": str(world["other"])}, timeout=60)
+    assert inside.status_code == 200, inside.text
+    httpx.post(server.url + "/v1/unload_lora_adapter", json={"lora_name": "ft:inside"}, timeout=60)

@@ -35,7 +35,7 @@ def adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_serving_prompt_is_the_training_prefix_of_the_same_conversation(adapter: Path) -> None:
     base = load_base(str(tiny_chat_path()), data_dir())
-    service = InferenceService(base, ServeSettings())
+    service = InferenceService(base, ServeSettings(), data_dir=adapter.parent)  # adapters load from under it
     service.load_adapter("ft:parity", str(adapter))
     target = service.resolve("ft:parity")
     assert target.chat_template == base.tokenizer.chat_template  # pinned in the adapter's manifest
@@ -59,7 +59,7 @@ def test_an_adapter_for_another_base_model_is_refused(adapter: Path, tmp_path: P
     manifest["base_model_sha256"] = "0" * 64
     (foreign / "manifest.json").write_text(json.dumps(manifest))
     base = load_base(str(tiny_chat_path()), data_dir())
-    service = InferenceService(base, ServeSettings())
+    service = InferenceService(base, ServeSettings(), data_dir=tmp_path)
     with pytest.raises(APIError) as err:
         service.load_adapter("ft:foreign", str(foreign))
     assert err.value.status == 400 and err.value.code == "adapter_mismatch"

@@ -11,9 +11,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from app.core.errors import InvalidRequest, PayloadTooLarge
+from app.core.errors import InvalidRequest
 from app.http.deps import get_caller, get_state
-from app.http.multipart_stream import StreamingForm
+from app.http.multipart_stream import FormLimits, StreamingForm
 from app.http.presenters import cursor_list, file_object
 from app.http.state import AppState
 from app.usecases import doctor as doctor_uc
@@ -44,15 +44,14 @@ async def create_file(
         return write
 
     try:
-        form = StreamingForm(request.headers.get("content-type", ""), "file", on_file_start)
+        limits = FormLimits.from_settings(state.settings)
+        form = StreamingForm(request.headers.get("content-type", ""), "file", on_file_start, limits)
         async for chunk in request.stream():
             await anyio.to_thread.run_sync(form.feed, chunk)
         form.close()
-    except PayloadTooLarge:
-        upload.abort()
-        await _drain(request, state.settings.upload_drain_bytes)
-        raise
     except BaseException:
+        # Over the cap, malformed, stalled (408 from the body guard) or gone: no temp file outlives the request.
+        # The body guard drains what the client is still sending before the error answer goes out.
         upload.abort()
         raise
     try:
@@ -87,18 +86,6 @@ async def create_file(
     except BaseException:
         upload.abort()
         raise
-
-
-async def _drain(request: Request, budget: int) -> None:
-    """Read and drop the rest of an oversized body so the client gets a clean 413, not a reset."""
-    drained = 0
-    try:
-        async for chunk in request.stream():
-            drained += len(chunk)
-            if drained > budget:
-                return
-    except Exception:
-        return
 
 
 @router.get("")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -11,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from app.core.errors import InvalidRequest
+from app.core.json_body import parse_json_body
 from app.http.deps import get_caller, get_state
 from app.http.presenters import cursor_list
 from app.http.state import AppState
@@ -50,11 +50,10 @@ async def create_job(
     doorbell: Doorbell = Depends(get_doorbell),
 ) -> JSONResponse:
     """Create a job (status validating_files); validated and queued right after the commit."""
-    raw = await request.body()
-    try:
-        body = json.loads(raw) if raw.strip() else None
-    except ValueError:
-        raise InvalidRequest("The request body is not valid JSON.", param="body") from None
+    raw = await request.body()  # bounded by the body guard (max_json_body_bytes), whatever the content-type
+    max_depth = state.settings.max_json_depth
+    # Strict: NaN/Infinity/1e999 and deep nesting are 400s here, so nothing non-finite is stored or serialised.
+    body = await anyio.to_thread.run_sync(lambda: parse_json_body(raw, max_depth=max_depth)) if raw.strip() else None
     job_request = parse_job_request(body)
     key = check_key(request.headers.get("idempotency-key"))
     digest = body_hash(CREATE_ROUTE, body)
