@@ -101,8 +101,12 @@ def _child(kind: str, path: str) -> None:
         report = check_path(path, max_line_bytes=1_048_576)
         doctor, _ = diagnose(path, tokenizer, DoctorLimits(max_examples=10**9, max_seconds=1e9))
         seconds = time.perf_counter() - start
-        extra = {"examples": doctor.examined, "truncated": doctor.truncated.count, "tokens_p95": doctor.tokens.p95,
-                 "near_duplicates": doctor.near_duplicates.count}
+        extra = {
+            "examples": doctor.examined,
+            "truncated": doctor.truncated.count,
+            "tokens_p95": doctor.tokens.p95,
+            "near_duplicates": doctor.near_duplicates.count,
+        }
     else:
         start = time.perf_counter()
         n = 0
@@ -122,7 +126,10 @@ def _measure(kind: str, path: Path, repeat: int) -> dict[str, float]:
     for _ in range(repeat):
         out = subprocess.run(
             [sys.executable, __file__, "--child", kind, str(path)],
-            check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
         ).stdout
         runs.append(json.loads(out.strip().splitlines()[-1]))
     best = min(runs, key=lambda r: r["seconds"])
@@ -155,8 +162,10 @@ def main() -> None:
     for name, run in rows:
         print(f"{name:<28}{run['seconds']:>9.2f}{mb / run['seconds']:>9.1f}{run['peak_rss_mb']:>13.1f}")
     print(f"check: errors={int(ours['errors'])} duplicates={int(ours['duplicates'])}")
-    print(f"doctor: examples={int(doctor['examples'])} truncated={int(doctor['truncated'])} "
-          f"tokens_p95={int(doctor['tokens_p95'])} near_duplicates={int(doctor['near_duplicates'])}")
+    print(
+        f"doctor: examples={int(doctor['examples'])} truncated={int(doctor['truncated'])} "
+        f"tokens_p95={int(doctor['tokens_p95'])} near_duplicates={int(doctor['near_duplicates'])}"
+    )
     print(f"check alone vs baseline: ratio={base['seconds'] / ours['seconds']:.3f}")
     print(f"ratio={base['seconds'] / doctor['seconds']:.3f}")
 

@@ -42,9 +42,15 @@ def make_dataset(path: Path, n: int, seed: int) -> None:
             answer = " ".join(_paragraph(rng) for _ in range(rng.randrange(1, 3)))
         else:
             answer = " ".join(_paragraph(rng) for _ in range(rng.randrange(5, 9)))
-        rows.append({"messages": [{"role": "system", "content": "You are a helpful assistant."},
-                                  {"role": "user", "content": question},
-                                  {"role": "assistant", "content": answer}]})
+        rows.append(
+            {
+                "messages": [
+                    {"role": "system", "content": "You are a helpful assistant."},
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": answer},
+                ]
+            }
+        )
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -85,11 +91,20 @@ def run_ours(cfg: dict[str, Any]) -> dict[str, Any]:
     from engine.models import load_model_and_tokenizer
 
     spec = {
-        "base_model": "tiny-chat", "data_dir": cfg["data_dir"], "training_file": cfg["train"],
-        "output_dir": str(Path(cfg["work"]) / "ours"), "seed": cfg["seed"],
-        "hyperparameters": {"n_epochs": cfg["epochs"], "batch_size": cfg["batch_size"],
-                            "learning_rate": cfg["lr"], "learning_rate_multiplier": 1.0,
-                            "max_seq_length": cfg["max_len"], "n_checkpoints": 0, "eval_interval": 10**6},
+        "base_model": "tiny-chat",
+        "data_dir": cfg["data_dir"],
+        "training_file": cfg["train"],
+        "output_dir": str(Path(cfg["work"]) / "ours"),
+        "seed": cfg["seed"],
+        "hyperparameters": {
+            "n_epochs": cfg["epochs"],
+            "batch_size": cfg["batch_size"],
+            "learning_rate": cfg["lr"],
+            "learning_rate_multiplier": 1.0,
+            "max_seq_length": cfg["max_len"],
+            "n_checkpoints": 0,
+            "eval_interval": 10**6,
+        },
         "tuning": {"type": "lora", **LORA, "target_modules": TARGETS},
     }
     marks: dict[str, float] = {}
@@ -107,9 +122,15 @@ def run_ours(cfg: dict[str, Any]) -> dict[str, Any]:
     wall, cpu = marks["end"] - marks["start"], marks["cpu_end"] - marks["cpu_start"]
     base, tok = load_model_and_tokenizer(Path(cfg["data_dir"]) / "models" / "tiny-chat")
     model = PeftModel.from_pretrained(base, res.adapter_dir)
-    return {"tokens": res.trained_tokens, "wall": wall, "cpu": cpu, "grad_norm": grad_norms[-1],
-            "min_grad_norm": min(grad_norms), "peak_mb": peak_memory_mb(),
-            "valid_loss": valid_loss(model, tok, Path(cfg["valid"]), cfg["max_len"])}
+    return {
+        "tokens": res.trained_tokens,
+        "wall": wall,
+        "cpu": cpu,
+        "grad_norm": grad_norms[-1],
+        "min_grad_norm": min(grad_norms),
+        "peak_mb": peak_memory_mb(),
+        "valid_loss": valid_loss(model, tok, Path(cfg["valid"]), cfg["max_len"]),
+    }
 
 
 def run_baseline(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -124,18 +145,37 @@ def run_baseline(cfg: dict[str, Any]) -> dict[str, Any]:
     tok = load_tokenizer(path)
     exs, _ = load_sft(cfg["train"], tok, max_seq_length=cfg["max_len"], train_on_inputs=False)
     # A plain list of features: the `datasets` package is not a dependency of this project.
-    rows = [{"input_ids": e.ids, "attention_mask": [1] * len(e.ids),
-             "labels": [i if m else -100 for i, m in zip(e.ids, e.mask, strict=True)]} for e in exs]
+    rows = [
+        {
+            "input_ids": e.ids,
+            "attention_mask": [1] * len(e.ids),
+            "labels": [i if m else -100 for i, m in zip(e.ids, e.mask, strict=True)],
+        }
+        for e in exs
+    ]
     tokens = sum(e.n_trainable for e in exs) * cfg["epochs"]
     torch.manual_seed(cfg["seed"])
     model = AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True)
-    peft_model = get_peft_model(model, LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT,
-                                                  target_modules=TARGETS, task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(
+            r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT, target_modules=TARGETS, task_type="CAUSAL_LM"
+        ),
+    )
     args = TrainingArguments(
-        output_dir=str(Path(cfg["work"]) / "baseline"), per_device_train_batch_size=cfg["batch_size"],
-        num_train_epochs=cfg["epochs"], learning_rate=cfg["lr"], lr_scheduler_type="linear", warmup_steps=0,
-        weight_decay=0.0, max_grad_norm=1.0, seed=cfg["seed"], logging_steps=1, save_strategy="no",
-        report_to=[], disable_tqdm=True,
+        output_dir=str(Path(cfg["work"]) / "baseline"),
+        per_device_train_batch_size=cfg["batch_size"],
+        num_train_epochs=cfg["epochs"],
+        learning_rate=cfg["lr"],
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        seed=cfg["seed"],
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
     )
     pad = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
     seen = {"padded": 0, "real": 0}
@@ -146,15 +186,26 @@ def run_baseline(cfg: dict[str, Any]) -> dict[str, Any]:
         seen["real"] += int(batch["attention_mask"].sum())
         return batch
 
-    trainer = Trainer(model=peft_model, args=args, train_dataset=rows,  # type: ignore[arg-type]
-                      data_collator=collate)
+    trainer = Trainer(
+        model=peft_model,
+        args=args,
+        train_dataset=rows,  # type: ignore[arg-type]
+        data_collator=collate,
+    )
     t0, c0 = time.perf_counter(), time.process_time()
     trainer.train()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     norms = [h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h]
-    return {"tokens": tokens, "wall": wall, "cpu": cpu, "grad_norm": norms[-1], "min_grad_norm": min(norms),
-            "pad_factor": seen["padded"] / seen["real"],
-            "peak_mb": peak_memory_mb(), "valid_loss": valid_loss(peft_model, tok, Path(cfg["valid"]), cfg["max_len"])}
+    return {
+        "tokens": tokens,
+        "wall": wall,
+        "cpu": cpu,
+        "grad_norm": norms[-1],
+        "min_grad_norm": min(norms),
+        "pad_factor": seen["padded"] / seen["real"],
+        "peak_mb": peak_memory_mb(),
+        "valid_loss": valid_loss(peft_model, tok, Path(cfg["valid"]), cfg["max_len"]),
+    }
 
 
 def child(side: str, cfg_path: str) -> None:
@@ -195,9 +246,18 @@ def main() -> None:
     ensure_base_model("tiny-chat", data_dir)
     make_dataset(work / "train.jsonl", a.n_train, a.seed)
     make_dataset(work / "valid.jsonl", a.n_valid, a.seed + 1)
-    cfg = {"data_dir": str(data_dir), "train": str(work / "train.jsonl"), "valid": str(work / "valid.jsonl"),
-           "work": str(work), "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "max_len": a.max_len,
-           "seed": a.seed, "threads": a.threads}
+    cfg = {
+        "data_dir": str(data_dir),
+        "train": str(work / "train.jsonl"),
+        "valid": str(work / "valid.jsonl"),
+        "work": str(work),
+        "epochs": a.epochs,
+        "batch_size": a.batch_size,
+        "lr": a.lr,
+        "max_len": a.max_len,
+        "seed": a.seed,
+        "threads": a.threads,
+    }
     (work / "cfg.json").write_text(json.dumps(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "TOKENIZERS_PARALLELISM": "false"}
     # Other work on a shared machine comes in bursts: alternate the sides over rounds and keep each side's best
@@ -205,19 +265,29 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {"ours": [], "baseline": []}
     for rnd in range(a.rounds):
         for side in ("ours", "baseline") if rnd % 2 == 0 else ("baseline", "ours"):
-            subprocess.run([sys.executable, __file__, "--child", side, "--cfg", str(work / "cfg.json")],
-                           check=True, env=env, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [sys.executable, __file__, "--child", side, "--cfg", str(work / "cfg.json")],
+                check=True,
+                env=env,
+                stdout=subprocess.DEVNULL,
+            )
             runs[side].append(json.loads((work / f"{side}.json").read_text()))
     results = {side: max(rs, key=lambda x: x["tokens"] / x["wall"]) for side, rs in runs.items()}
-    print(f"dataset: {a.n_train} train / {a.n_valid} valid length-skewed chats, {a.epochs} epoch(s), "
-          f"batch {a.batch_size}, LoRA r={LORA_R} on {len(TARGETS)} projections, {a.threads} threads, "
-          f"best of {a.rounds} alternating rounds")
-    print(f"{'':10}{'tokens/s':>10}{'tok/cpu-s':>11}{'trained tok':>13}{'train s':>9}{'valid loss':>12}"
-          f"{'peak MB':>9}{'grad norm':>11}")
+    print(
+        f"dataset: {a.n_train} train / {a.n_valid} valid length-skewed chats, {a.epochs} epoch(s), "
+        f"batch {a.batch_size}, LoRA r={LORA_R} on {len(TARGETS)} projections, {a.threads} threads, "
+        f"best of {a.rounds} alternating rounds"
+    )
+    print(
+        f"{'':10}{'tokens/s':>10}{'tok/cpu-s':>11}{'trained tok':>13}{'train s':>9}{'valid loss':>12}"
+        f"{'peak MB':>9}{'grad norm':>11}"
+    )
     for side, res in results.items():
         assert res["min_grad_norm"] > 0, f"{side}: zero gradient norm, nothing was trained"
-        print(f"{side:10}{res['tokens'] / res['wall']:>10.0f}{res['tokens'] / res['cpu']:>11.0f}{res['tokens']:>13}"
-              f"{res['wall']:>9.1f}{res['valid_loss']:>12.4f}{res['peak_mb']:>9.0f}{res['grad_norm']:>11.3f}")
+        print(
+            f"{side:10}{res['tokens'] / res['wall']:>10.0f}{res['tokens'] / res['cpu']:>11.0f}{res['tokens']:>13}"
+            f"{res['wall']:>9.1f}{res['valid_loss']:>12.4f}{res['peak_mb']:>9.0f}{res['grad_norm']:>11.3f}"
+        )
     ours, base = results["ours"], results["baseline"]
     for side, rs in runs.items():
         print(f"{side} tokens/s per round: {[round(x['tokens'] / x['wall']) for x in rs]}")

@@ -51,8 +51,16 @@ def identify(base_model: str, base_path: Path, tokenizer: Any, train_file: str, 
     )
 
 
-def manifest(ident: Identity, *, kind: str, spec: dict[str, Any], hparams: dict[str, Any], step: int,
-             trained_tokens: int, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+def manifest(
+    ident: Identity,
+    *,
+    kind: str,
+    spec: dict[str, Any],
+    hparams: dict[str, Any],
+    step: int,
+    trained_tokens: int,
+    metrics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The manifest.json stored next to an adapter/model and in each checkpoint."""
     return {
         "manifest_version": MANIFEST_VERSION,

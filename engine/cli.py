@@ -53,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = load_spec(args.spec)
     except (SpecError, OSError) as err:
-        res = TrainResult(status="failed", output_dir="", error={"code": "invalid_spec", "message": str(err)},
-                          invalid=True)
+        res = TrainResult(
+            status="failed", output_dir="", error={"code": "invalid_spec", "message": str(err)}, invalid=True
+        )
         emit(res.to_event())
         return res.exit_code
 

@@ -60,8 +60,9 @@ class GenerationSample:
     answer_tokens: list[int]
 
 
-def generation_sample(examples: Sequence[Example], tokenizer: Any, stop_ids: Sequence[int], n: int,
-                      seed: int) -> GenerationSample:
+def generation_sample(
+    examples: Sequence[Example], tokenizer: Any, stop_ids: Sequence[int], n: int, seed: int
+) -> GenerationSample:
     """A seeded sample of at most n examples that have a prompt and an answer."""
     stops = set(stop_ids)
     usable = [s for s in (split_answer(e) for e in examples) if s is not None]
@@ -75,15 +76,23 @@ def generation_sample(examples: Sequence[Example], tokenizer: Any, stop_ids: Seq
     return GenerationSample(prompts, refs, lengths)
 
 
-def score_generation(model: Any, tokenizer: Any, sample: GenerationSample, *, max_tokens: int,
-                     max_seconds: float, stop_ids: Sequence[int]) -> dict[str, Any] | None:
+def score_generation(
+    model: Any,
+    tokenizer: Any,
+    sample: GenerationSample,
+    *,
+    max_tokens: int,
+    max_seconds: float,
+    stop_ids: Sequence[int],
+) -> dict[str, Any] | None:
     """Greedy answers through the batched inference engine, scored against the references."""
     if not sample.prompts:
         return None
     # Greedy, and seeded so that evaluating never draws from the training run's random state.
     params = [
-        SamplingParams(max_tokens=max(1, min(max_tokens, n + 8)), temperature=0.0, seed=0,
-                       stop_token_ids=tuple(stop_ids))
+        SamplingParams(
+            max_tokens=max(1, min(max_tokens, n + 8)), temperature=0.0, seed=0, stop_token_ids=tuple(stop_ids)
+        )
         for n in sample.answer_tokens
     ]
     texts = generate_texts(model, tokenizer, sample.prompts, params, max_seconds=max_seconds)
@@ -99,14 +108,23 @@ def score_generation(model: Any, tokenizer: Any, sample: GenerationSample, *, ma
     }
 
 
-def preference_scores(chosen: Sequence[float], rejected: Sequence[float], ref_chosen: Sequence[float],
-                      ref_rejected: Sequence[float], beta: float) -> dict[str, float]:
+def preference_scores(
+    chosen: Sequence[float],
+    rejected: Sequence[float],
+    ref_chosen: Sequence[float],
+    ref_rejected: Sequence[float],
+    beta: float,
+) -> dict[str, float]:
     """Share of pairs whose chosen answer is the likelier one, and the mean implicit reward margin."""
     n = max(1, len(chosen))
     accuracy = sum(1 for c, r in zip(chosen, rejected, strict=True) if c > r) / n
-    margin = sum(
-        beta * ((c - rc) - (r - rr)) for c, r, rc, rr in zip(chosen, rejected, ref_chosen, ref_rejected, strict=True)
-    ) / n
+    margin = (
+        sum(
+            beta * ((c - rc) - (r - rr))
+            for c, r, rc, rr in zip(chosen, rejected, ref_chosen, ref_rejected, strict=True)
+        )
+        / n
+    )
     return {"accuracy": round(accuracy, 4), "reward_margin": round(margin, 4)}
 
 
@@ -147,16 +165,23 @@ def forgetting_warning(base: ProbeResult, tuned: ProbeResult, limits: Forgetting
     parts = []
     rise = tuned.text_loss - base.text_loss
     if rise > limits.text_loss_increase:
-        parts.append(f"loss on general text rose from {base.text_loss:.3f} to {tuned.text_loss:.3f} nats per token "
-                     f"(+{rise:.3f}, limit {limits.text_loss_increase:g})")
+        parts.append(
+            f"loss on general text rose from {base.text_loss:.3f} to {tuned.text_loss:.3f} nats per token "
+            f"(+{rise:.3f}, limit {limits.text_loss_increase:g})"
+        )
     if base.skills is not None and tuned.skills is not None:
         base_mean = sum(base.skills.values()) / max(1, len(base.skills))
         tuned_mean = sum(tuned.skills.values()) / max(1, len(tuned.skills))
         if base_mean - tuned_mean > limits.skill_drop:
-            parts.append(f"skill probe accuracy fell from {base_mean:.2f} to {tuned_mean:.2f} "
-                         f"(limit {limits.skill_drop:g})")
+            parts.append(
+                f"skill probe accuracy fell from {base_mean:.2f} to {tuned_mean:.2f} (limit {limits.skill_drop:g})"
+            )
     if not parts:
         return None
-    return {"code": "forgetting", "message": "The fine-tuned model forgot part of what the base model knew: "
-            + "; ".join(parts) + ". Consider fewer epochs, a lower learning rate, LoRA instead of full "
-            "fine-tuning, or mixing general data into the training file."}
+    return {
+        "code": "forgetting",
+        "message": "The fine-tuned model forgot part of what the base model knew: "
+        + "; ".join(parts)
+        + ". Consider fewer epochs, a lower learning rate, LoRA instead of full "
+        "fine-tuning, or mixing general data into the training file.",
+    }

@@ -20,8 +20,10 @@ def _fast_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torc
     if args or kwargs or self.disable_adapters or self.merged or len(self.active_adapters) != 1:
         return slow(self, x, *args, **kwargs)
     name = self.active_adapters[0]
-    if name not in self.lora_A or name in self.lora_variant or not isinstance(
-        self.lora_dropout[name], torch.nn.Identity
+    if (
+        name not in self.lora_A
+        or name in self.lora_variant
+        or not isinstance(self.lora_dropout[name], torch.nn.Identity)
     ):
         return slow(self, x, *args, **kwargs)
     base = self.base_layer

@@ -79,8 +79,8 @@ def resolve(spec: TrainSpec, n_examples: int) -> Resolved:
     n_epochs = auto_n_epochs(n_examples) if hp.n_epochs == "auto" else int(hp.n_epochs)
     batch_size = auto_batch_size(n_examples) if hp.batch_size == "auto" else int(hp.batch_size)
     batch_size = max(1, min(batch_size, n_examples))
-    mult = auto_lr_multiplier(batch_size) if hp.learning_rate_multiplier == "auto" else float(
-        hp.learning_rate_multiplier
+    mult = (
+        auto_lr_multiplier(batch_size) if hp.learning_rate_multiplier == "auto" else float(hp.learning_rate_multiplier)
     )
     base_lr = hp.learning_rate if hp.learning_rate is not None else (1e-3 if spec.tuning.type == "lora" else 1e-4)
     steps_per_epoch = math.ceil(n_examples / batch_size)

@@ -138,7 +138,8 @@ def ensure_base_model(
     try:
         snap = Path(
             snapshot_download(
-                name_or_path, local_files_only=True,
+                name_or_path,
+                local_files_only=True,
                 allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt"],
             )
         )

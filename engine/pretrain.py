@@ -104,7 +104,9 @@ def pretrain(model: torch.nn.Module, tokenizer: Any, recipe: Recipe) -> dict[str
             no_decay = [p for p in model.parameters() if p.ndim < 2]
             optimizer = torch.optim.AdamW(
                 [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                lr=recipe.learning_rate, betas=(0.9, 0.95), eps=1e-8,
+                lr=recipe.learning_rate,
+                betas=(0.9, 0.95),
+                eps=1e-8,
             )
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(recipe))
             model.train()

@@ -55,8 +55,15 @@ def _text_examples(tokenizer: Any, max_tokens: int, max_seq: int) -> list[Exampl
 
 
 @torch.no_grad()
-def text_loss(model: Any, tokenizer: Any, device: Any, *, max_tokens: int = PROBE_TOKENS, max_seq: int = 512,
-              micro_batch_tokens: int = 8192) -> float:
+def text_loss(
+    model: Any,
+    tokenizer: Any,
+    device: Any,
+    *,
+    max_tokens: int = PROBE_TOKENS,
+    max_seq: int = 512,
+    micro_batch_tokens: int = 8192,
+) -> float:
     """Mean next-token loss (nats per token) on the probe text."""
     examples = _text_examples(tokenizer, max_tokens, max_seq)
     loss_sum, n = 0.0, 0
@@ -77,8 +84,9 @@ def _choice_examples(tokenizer: Any, probe: skills.Probe) -> list[Example]:
 
 
 @torch.no_grad()
-def skill_accuracy(model: Any, tokenizer: Any, device: Any, probes: Sequence[skills.Probe],
-                   micro_batch_tokens: int = 8192) -> dict[str, float]:
+def skill_accuracy(
+    model: Any, tokenizer: Any, device: Any, probes: Sequence[skills.Probe], micro_batch_tokens: int = 8192
+) -> dict[str, float]:
     """Share of probes, per skill, whose right answer has the highest log-likelihood of the choices.
 
     Every choice of every probe goes through a few packed forwards rather than one forward per probe.
@@ -99,8 +107,15 @@ def skill_accuracy(model: Any, tokenizer: Any, device: Any, probes: Sequence[ski
     return {name: right.get(name, 0) / seen[name] for name in seen}
 
 
-def run_probes(model: Any, tokenizer: Any, device: Any, *, with_skills: bool, per_skill: int = PER_SKILL,
-               max_tokens: int = PROBE_TOKENS) -> ProbeResult:
+def run_probes(
+    model: Any,
+    tokenizer: Any,
+    device: Any,
+    *,
+    with_skills: bool,
+    per_skill: int = PER_SKILL,
+    max_tokens: int = PROBE_TOKENS,
+) -> ProbeResult:
     """Both probes with the model in eval mode (its training mode is restored afterwards)."""
     was_training = model.training
     model.eval()
@@ -117,8 +132,17 @@ def _cache_path(data_dir: str | Path, base_key: str, with_skills: bool, per_skil
     return Path(data_dir) / "eval-cache" / f"probes-{key}.json"
 
 
-def cached_probes(model: Any, tokenizer: Any, device: Any, *, data_dir: str | Path, base_key: str,
-                  with_skills: bool, per_skill: int = PER_SKILL, max_tokens: int = PROBE_TOKENS) -> ProbeResult:
+def cached_probes(
+    model: Any,
+    tokenizer: Any,
+    device: Any,
+    *,
+    data_dir: str | Path,
+    base_key: str,
+    with_skills: bool,
+    per_skill: int = PER_SKILL,
+    max_tokens: int = PROBE_TOKENS,
+) -> ProbeResult:
     """run_probes for an untouched base model, remembered under data_dir by base_key (weights hash and dtype)."""
     path = _cache_path(data_dir, base_key, with_skills, per_skill, max_tokens)
     try:

@@ -63,8 +63,9 @@ class RunEvaluator:
     def state(self) -> dict[str, Any]:
         return {
             "base": self.base,
-            "base_probes": None if self.base_probes is None else {"text_loss": self.base_probes.text_loss,
-                                                                  "skills": self.base_probes.skills},
+            "base_probes": None
+            if self.base_probes is None
+            else {"text_loss": self.base_probes.text_loss, "skills": self.base_probes.skills},
             "best": self.best,
             "warn_watch": self.warn_watch.state(),
             "stop_watch": self.stop_watch.state() if self.stop_watch else None,
@@ -100,12 +101,19 @@ class RunEvaluator:
             return None
         stops = stop_token_ids(run.tokenizer)
         if self._sample is None:
-            self._sample = generation_sample(run.valid_set, run.tokenizer, stops, self.cfg.generation_examples,
-                                             run.spec.seed)
+            self._sample = generation_sample(
+                run.valid_set, run.tokenizer, stops, self.cfg.generation_examples, run.spec.seed
+            )
         was_training = run.model.training
         try:
-            return score_generation(run.model, run.tokenizer, self._sample, max_tokens=self.cfg.generation_max_tokens,
-                                    max_seconds=self.cfg.generation_max_seconds, stop_ids=stops)
+            return score_generation(
+                run.model,
+                run.tokenizer,
+                self._sample,
+                max_tokens=self.cfg.generation_max_tokens,
+                max_seconds=self.cfg.generation_max_seconds,
+                stop_ids=stops,
+            )
         finally:
             run.model.train(was_training)
 
@@ -126,11 +134,19 @@ class RunEvaluator:
         with_skills = run.spec.base_model == TINY_CHAT and self.cfg.probe_per_skill > 0
         per_skill, tokens = self.cfg.probe_per_skill, self.cfg.probe_tokens
         if base and not run.spec.init_from:  # the untouched base model: the same figures for every job on it
-            return cached_probes(run.model, run.tokenizer, run.device, data_dir=run.spec.data_dir,
-                                 base_key=f"{run.ident.base_sha256}-{run.dtype}", with_skills=with_skills,
-                                 per_skill=per_skill, max_tokens=tokens)
-        return run_probes(run.model, run.tokenizer, run.device, with_skills=with_skills, per_skill=per_skill,
-                          max_tokens=tokens)
+            return cached_probes(
+                run.model,
+                run.tokenizer,
+                run.device,
+                data_dir=run.spec.data_dir,
+                base_key=f"{run.ident.base_sha256}-{run.dtype}",
+                with_skills=with_skills,
+                per_skill=per_skill,
+                max_tokens=tokens,
+            )
+        return run_probes(
+            run.model, run.tokenizer, run.device, with_skills=with_skills, per_skill=per_skill, max_tokens=tokens
+        )
 
     # ----- hooks the run calls ------------------------------------------------------------------------------
     def before_training(self) -> None:
@@ -164,8 +180,8 @@ class RunEvaluator:
             warning = {
                 "code": "overfitting",
                 "message": f"Validation loss has risen for {self.warn_watch.patience} evaluations in a row since "
-                           f"step {began} while training loss kept falling: the model is memorising the training "
-                           "examples. Consider fewer epochs, more data, or early_stopping_patience.",
+                f"step {began} while training loss kept falling: the model is memorising the training "
+                "examples. Consider fewer epochs, more data, or early_stopping_patience.",
                 "step": began,
             }
             self.warnings.append(warning)
@@ -174,9 +190,13 @@ class RunEvaluator:
             stop_began = self.stop_watch.add(step, valid_loss, train)
             if stop_began is not None:
                 self.stopped_early_at = step
-                self.run.message("info", f"Early stopping at step {step}: validation loss has risen for "
-                                 f"{self.stop_watch.patience} evaluation(s) in a row since step {stop_began}.",
-                                 code="early_stopping", step=stop_began)
+                self.run.message(
+                    "info",
+                    f"Early stopping at step {step}: validation loss has risen for "
+                    f"{self.stop_watch.patience} evaluation(s) in a row since step {stop_began}.",
+                    code="early_stopping",
+                    step=stop_began,
+                )
                 return True
         return False
 
@@ -200,9 +220,13 @@ class RunEvaluator:
         if not Path(best["path"]).is_dir():
             return run.step
         load_trainable_weights(run.model, run.kind, Path(best["path"]))
-        run.message("info", f"Publishing the checkpoint of step {best['step']}, whose validation loss "
-                            f"{best['valid_loss']:.4f} is the lowest of the run (checkpoint_selection=best).",
-                    code="checkpoint_selected", step=int(best["step"]))
+        run.message(
+            "info",
+            f"Publishing the checkpoint of step {best['step']}, whose validation loss "
+            f"{best['valid_loss']:.4f} is the lowest of the run (checkpoint_selection=best).",
+            code="checkpoint_selected",
+            step=int(best["step"]),
+        )
         return int(best["step"])
 
     def finish(self, selected_step: int) -> dict[str, Any]:
@@ -218,8 +242,15 @@ class RunEvaluator:
             warning = forgetting_warning(self.base_probes, tuned_probes, limits)
             if warning is not None:
                 self.warnings.append(warning)
-                run.emit({"type": "message", "level": "warn", **warning,
-                          "base": self.base_probes.as_dict(), "tuned": tuned_probes.as_dict()})
+                run.emit(
+                    {
+                        "type": "message",
+                        "level": "warn",
+                        **warning,
+                        "base": self.base_probes.as_dict(),
+                        "tuned": tuned_probes.as_dict(),
+                    }
+                )
         generation = self._generation() if self.cfg.enabled else None
         base_gen = base.get("generation")
         preference = self._preference(base=False) if self.cfg.enabled else None
@@ -231,11 +262,14 @@ class RunEvaluator:
             "checkpoint_selection": self.selection if self.has_validation else "last",
             "stopped_early_at": self.stopped_early_at,
             "valid_loss": _pair(base.get("valid_loss"), _round(sampled[0]) if sampled else None),
-            "valid_mean_token_accuracy": _pair(base.get("valid_mean_token_accuracy"),
-                                               _round(sampled[1]) if sampled else None),
+            "valid_mean_token_accuracy": _pair(
+                base.get("valid_mean_token_accuracy"), _round(sampled[1]) if sampled else None
+            ),
             "full_valid_loss": _round(full[0]) if full else None,
             "full_valid_mean_token_accuracy": _round(full[1]) if full else None,
-            "generation": None if not (base_gen or generation) else {
+            "generation": None
+            if not (base_gen or generation)
+            else {
                 "metric": "token_f1",
                 "base": (base_gen or {}).get("token_f1"),
                 "tuned": (generation or {}).get("token_f1"),
@@ -243,17 +277,21 @@ class RunEvaluator:
                 "n": (generation or base_gen or {}).get("n", 0),
                 "examples": (generation or {}).get("examples", []),
             },
-            "preference": None if not (base_pref or preference) else {
+            "preference": None
+            if not (base_pref or preference)
+            else {
                 "accuracy": _pair((base_pref or {}).get("accuracy"), (preference or {}).get("accuracy")),
-                "reward_margin": _pair((base_pref or {}).get("reward_margin"),
-                                       (preference or {}).get("reward_margin")),
+                "reward_margin": _pair((base_pref or {}).get("reward_margin"), (preference or {}).get("reward_margin")),
             },
-            "forgetting": None if self.base_probes is None or tuned_probes is None else {
+            "forgetting": None
+            if self.base_probes is None or tuned_probes is None
+            else {
                 "metric": "general_text_loss",
                 "base": _round(self.base_probes.text_loss),
                 "tuned": _round(tuned_probes.text_loss),
-                "skills": _pair(self.base_probes.as_dict().get("skills_mean"),
-                                tuned_probes.as_dict().get("skills_mean")),
+                "skills": _pair(
+                    self.base_probes.as_dict().get("skills_mean"), tuned_probes.as_dict().get("skills_mean")
+                ),
                 "skills_by_name": _pair(self.base_probes.skills, tuned_probes.skills),
             },
             "warnings": [{"code": w["code"], "message": w["message"]} for w in self.warnings],
@@ -273,4 +311,3 @@ def _helped(summary: dict[str, Any]) -> bool | None:
     if gen.get("base") is not None and gen.get("tuned") is not None:
         return bool(gen["tuned"] > gen["base"])
     return None
-

@@ -109,8 +109,9 @@ class TrainSpec(BaseModel):
         if self.resume_from and self.init_from:
             raise ValueError("resume_from and init_from are mutually exclusive")
         if self.validation_file and self.hyperparameters.validation_split is not None:
-            raise ValueError("validation_split holds out part of the training file; it cannot be combined with a "
-                             "validation_file")
+            raise ValueError(
+                "validation_split holds out part of the training file; it cannot be combined with a validation_file"
+            )
         return self
 
 

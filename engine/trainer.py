@@ -88,7 +88,9 @@ class _Run:
                 "warn",
                 f"{name}: {len(rep.truncated_lines)} of {rep.n_lines} examples are longer than max_seq_length="
                 f"{max_len} tokens and lost their oldest turns (system messages and the latest answers kept)",
-                code="truncated", file=name, count=len(rep.truncated_lines),
+                code="truncated",
+                file=name,
+                count=len(rep.truncated_lines),
                 lines=rep.truncated_lines[:_MAX_LISTED_LINES],
             )
         if rep.dropped_lines:
@@ -96,7 +98,9 @@ class _Run:
                 "warn",
                 f"{name}: {len(rep.dropped_lines)} examples do not fit max_seq_length={max_len} tokens even with "
                 f"only their last exchange and are skipped: lines {rep.dropped_lines[:_MAX_LISTED_LINES]}",
-                code="too_long", file=name, count=len(rep.dropped_lines),
+                code="too_long",
+                file=name,
+                count=len(rep.dropped_lines),
                 lines=rep.dropped_lines[:_MAX_LISTED_LINES],
             )
         if rep.untrainable_lines:
@@ -104,7 +108,9 @@ class _Run:
                 "warn",
                 f"{name}: {len(rep.untrainable_lines)} examples have no trainable token (after fitting) and are "
                 f"skipped: lines {rep.untrainable_lines[:_MAX_LISTED_LINES]}",
-                code="no_trainable_tokens", file=name, count=len(rep.untrainable_lines),
+                code="no_trainable_tokens",
+                file=name,
+                count=len(rep.untrainable_lines),
                 lines=rep.untrainable_lines[:_MAX_LISTED_LINES],
             )
 
@@ -137,8 +143,12 @@ class _Run:
         torch.manual_seed(spec.seed)
         self.device, self.dtype = default_device_dtype()
         if spec.base_model == TINY_CHAT and not is_built(TINY_CHAT, spec.data_dir):
-            self.message("info", "Building the tiny-chat base model (first use on this server only; a short "
-                                 "pretraining run of a few minutes)", code="building_base_model")
+            self.message(
+                "info",
+                "Building the tiny-chat base model (first use on this server only; a short "
+                "pretraining run of a few minutes)",
+                code="building_base_model",
+            )
         try:
             base_path = ensure_base_model(spec.base_model, spec.data_dir)
         except (ValueError, FileNotFoundError) as err:
@@ -152,8 +162,9 @@ class _Run:
         elif spec.hyperparameters.validation_split is not None:
             self._split_validation(spec.hyperparameters.validation_split)
         if not self.train_set:
-            raise RunStopped("failed", "invalid_dataset", "training_file: no example has a trainable token",
-                             invalid=True)
+            raise RunStopped(
+                "failed", "invalid_dataset", "training_file: no example has a trainable token", invalid=True
+            )
         # A fixed, seeded order: every evaluation scores the same leading subset, base and checkpoints alike.
         random.Random(spec.seed + 1).shuffle(self.valid_set)
         self.hp = resolve(spec, len(self.train_set))
@@ -165,21 +176,24 @@ class _Run:
                 raise RunStopped("failed", "invalid_checkpoint", f"resume_from: {reason}", invalid=True) from None
         if spec.init_from and not Path(spec.init_from).is_dir():
             raise RunStopped("failed", "invalid_init", "init_from: the model to continue from is gone", invalid=True)
-        self.ident: Identity = identify(spec.base_model, base_path, self.tokenizer, spec.training_file,
-                                        spec.validation_file)
+        self.ident: Identity = identify(
+            spec.base_model, base_path, self.tokenizer, spec.training_file, spec.validation_file
+        )
         self._check_control()
-        self.emit({
-            "type": "started",
-            "total_steps": self.hp.total_steps,
-            "hyperparameters": self.hp.model_dump(),
-            "n_examples": len(self.train_set),
-            "n_validation_examples": len(self.valid_set),
-            "validation_source": self.validation_source,
-            "trained_tokens_estimate": self._tokens_per_epoch() * self.hp.n_epochs,
-            "method": spec.method,
-            "tuning": self.kind,
-            "device": str(self.device),
-        })
+        self.emit(
+            {
+                "type": "started",
+                "total_steps": self.hp.total_steps,
+                "hyperparameters": self.hp.model_dump(),
+                "n_examples": len(self.train_set),
+                "n_validation_examples": len(self.valid_set),
+                "validation_source": self.validation_source,
+                "trained_tokens_estimate": self._tokens_per_epoch() * self.hp.n_epochs,
+                "method": spec.method,
+                "tuning": self.kind,
+                "device": str(self.device),
+            }
+        )
         self._build_model(base_path)
         if spec.resume_from:
             self._restore(Path(spec.resume_from))
@@ -198,8 +212,12 @@ class _Run:
         self.valid_set = [e for i, e in enumerate(self.train_set) if i in held]
         self.train_set = [e for i, e in enumerate(self.train_set) if i not in held]
         self.validation_source = "split"
-        self.message("info", f"validation_split: {k} of {n} training examples held out as validation data",
-                     code="validation_split", count=k)
+        self.message(
+            "info",
+            f"validation_split: {k} of {n} training examples held out as validation data",
+            code="validation_split",
+            count=k,
+        )
 
     def _tokens_per_epoch(self) -> int:
         if self.spec.method == "dpo":
@@ -213,11 +231,18 @@ class _Run:
         weights_path = base_path
         if self.kind == "full" and spec.init_from:
             if is_adapter_dir(spec.init_from):
-                raise RunStopped("failed", "invalid_init", "init_from: full fine-tuning needs full weights, "
-                                 "not an adapter", invalid=True)
+                raise RunStopped(
+                    "failed",
+                    "invalid_init",
+                    "init_from: full fine-tuning needs full weights, not an adapter",
+                    invalid=True,
+                )
             weights_path = Path(spec.init_from)
         base = AutoModelForCausalLM.from_pretrained(
-            str(weights_path), use_safetensors=True, trust_remote_code=False, dtype=self.dtype,
+            str(weights_path),
+            use_safetensors=True,
+            trust_remote_code=False,
+            dtype=self.dtype,
             attn_implementation="sdpa",
         ).to(self.device)
         try:
@@ -233,7 +258,9 @@ class _Run:
         no_decay = [p for p in self.params if p.ndim < 2]
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hp.effective_learning_rate, betas=(0.9, 0.999), eps=1e-8,
+            lr=self.hp.effective_learning_rate,
+            betas=(0.9, 0.999),
+            eps=1e-8,
         )
         warmup = int(self.hp.warmup_ratio * self.hp.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -244,7 +271,7 @@ class _Run:
     def _policy_logps(self, pairs: Sequence[Pair]) -> tuple[torch.Tensor, torch.Tensor]:
         seqs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
         lp = sequence_logps(self.model, seqs, self.device)
-        return lp[: len(pairs)], lp[len(pairs):]
+        return lp[: len(pairs)], lp[len(pairs) :]
 
     def _reference_logps(self) -> dict[str, torch.Tensor]:
         """Reference log-probs of every pair, once: the base with the adapter disabled (LoRA) or the initial
@@ -315,11 +342,19 @@ class _Run:
     def _health(self, loss: float, grad_norm: float) -> None:
         limit = self.spec.hyperparameters.grad_norm_limit
         if not math.isfinite(loss):
-            raise RunStopped("failed", "nan_loss", f"training loss became {loss} at step {self.step + 1}; the "
-                             "learning rate is probably too high (no adapter was written)")
+            raise RunStopped(
+                "failed",
+                "nan_loss",
+                f"training loss became {loss} at step {self.step + 1}; the "
+                "learning rate is probably too high (no adapter was written)",
+            )
         if not math.isfinite(grad_norm) or grad_norm > limit:
-            raise RunStopped("failed", "exploding_gradients", f"gradient norm {grad_norm:.4g} at step "
-                             f"{self.step + 1} exceeds {limit:g}; lower the learning rate (no adapter was written)")
+            raise RunStopped(
+                "failed",
+                "exploding_gradients",
+                f"gradient norm {grad_norm:.4g} at step "
+                f"{self.step + 1} exceeds {limit:g}; lower the learning rate (no adapter was written)",
+            )
 
     def _train_step(self, idx: list[int]) -> dict[str, Any]:
         if self.spec.method == "dpo":
@@ -334,8 +369,13 @@ class _Run:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.trained_tokens += tokens
-        return {"train_loss": loss, "train_mean_token_accuracy": acc, "grad_norm": grad_norm,
-                "learning_rate": lr, "tokens": tokens}
+        return {
+            "train_loss": loss,
+            "train_mean_token_accuracy": acc,
+            "grad_norm": grad_norm,
+            "learning_rate": lr,
+            "tokens": tokens,
+        }
 
     @torch.no_grad()
     def evaluate(self, limit: int | None = None) -> tuple[float, float] | None:
@@ -353,8 +393,13 @@ class _Run:
                 for group in self._pair_groups(subset):
                     pc, pr = self._policy_logps(group)
                     rows = slice(k, k + len(group))
-                    ls, m = dpo_loss(pc, pr, self.ref["valid_chosen"][rows].to(pc),
-                                     self.ref["valid_rejected"][rows].to(pc), self.hp.beta)
+                    ls, m = dpo_loss(
+                        pc,
+                        pr,
+                        self.ref["valid_chosen"][rows].to(pc),
+                        self.ref["valid_rejected"][rows].to(pc),
+                        self.hp.beta,
+                    )
                     losses += float(ls.sum())
                     wins += int((m > 0).sum())
                     k += len(group)
@@ -388,18 +433,29 @@ class _Run:
     # ----- checkpoints -------------------------------------------------------------------------------------------
     def _manifest(self) -> dict[str, Any]:
         assert self.hp is not None
-        man = manifest(self.ident, kind=self.kind, spec=self.spec.model_dump(), hparams=self.hp.model_dump(),
-                       step=self.selected_step if self.selected_step is not None else self.step,
-                       trained_tokens=self.trained_tokens, metrics=self.last_metrics)
+        man = manifest(
+            self.ident,
+            kind=self.kind,
+            spec=self.spec.model_dump(),
+            hparams=self.hp.model_dump(),
+            step=self.selected_step if self.selected_step is not None else self.step,
+            trained_tokens=self.trained_tokens,
+            metrics=self.last_metrics,
+        )
         if self.evaluation is not None:
             man["evaluation"] = self.evaluation
         return man
 
     def _fingerprint(self) -> dict[str, Any]:
         assert self.hp is not None
-        return {"method": self.spec.method, "tuning": self.spec.tuning.model_dump(), "seed": self.spec.seed,
-                "total_steps": self.hp.total_steps, "batch_size": self.hp.batch_size,
-                "training_file_sha256": self.ident.training_file_sha256}
+        return {
+            "method": self.spec.method,
+            "tuning": self.spec.tuning.model_dump(),
+            "seed": self.spec.seed,
+            "total_steps": self.hp.total_steps,
+            "batch_size": self.hp.batch_size,
+            "training_file_sha256": self.ident.training_file_sha256,
+        }
 
     def checkpoint(self, keep: int) -> dict[str, Any]:
         """Write checkpoints/step-N atomically, announce it, prune older ones."""
@@ -418,9 +474,16 @@ class _Run:
             torch.save(rng, d / "rng.pt")
             if self.ref:
                 save_file({k: v.contiguous() for k, v in self.ref.items()}, str(d / "reference_logps.safetensors"))
-            write_json(d / "state.json", {"step": self.step, "trained_tokens": self.trained_tokens,
-                                          "fingerprint": self._fingerprint(), "metrics": self.last_metrics,
-                                          "evaluation": evaluation_state})
+            write_json(
+                d / "state.json",
+                {
+                    "step": self.step,
+                    "trained_tokens": self.trained_tokens,
+                    "fingerprint": self._fingerprint(),
+                    "metrics": self.last_metrics,
+                    "evaluation": evaluation_state,
+                },
+            )
 
         # The evaluator learns of this checkpoint before its state is saved, so a resumed run knows the best one.
         path = self.out / "checkpoints" / f"step-{self.step}"
@@ -432,8 +495,14 @@ class _Run:
             self.last_ckpt = {"step": self.step, "path": str(path), "sha256": sha}
             # best_step: the parent's retention across runs must keep it too, wherever it lies.
             best = self.evaluator.best
-            self.emit({"type": "checkpoint", **self.last_ckpt, "metrics": dict(self.last_metrics),
-                       "best_step": int(best["step"]) if best else None})
+            self.emit(
+                {
+                    "type": "checkpoint",
+                    **self.last_ckpt,
+                    "metrics": dict(self.last_metrics),
+                    "best_step": int(best["step"]) if best else None,
+                }
+            )
         return self.last_ckpt
 
     def _restore(self, ckpt: Path) -> None:
@@ -441,8 +510,13 @@ class _Run:
 
         state = json.loads((ckpt / "state.json").read_text())
         if state.get("fingerprint") != self._fingerprint():
-            raise RunStopped("failed", "invalid_checkpoint", "resume_from: the checkpoint was written by a run "
-                             "with a different method, tuning, seed, batch size or training file", invalid=True)
+            raise RunStopped(
+                "failed",
+                "invalid_checkpoint",
+                "resume_from: the checkpoint was written by a run "
+                "with a different method, tuning, seed, batch size or training file",
+                invalid=True,
+            )
         load_trainable_weights(self.model, self.kind, ckpt)
         self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
         self.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
@@ -507,17 +581,22 @@ class _Run:
             epoch, k = divmod(self.step, hp.steps_per_epoch)
             if epoch not in orders:
                 orders = {epoch: self._order(epoch)}
-            idx = orders[epoch][k * hp.batch_size:(k + 1) * hp.batch_size]
+            idx = orders[epoch][k * hp.batch_size : (k + 1) * hp.batch_size]
             with self.control.allow("cancel"):  # a long step (or the evaluation after it) ends at once on cancel
                 m = self._train_step(idx)
             self.step += 1
             self.evaluator.record_train_loss(m["train_loss"])
             due = self._due_checkpoint()
-            event: dict[str, Any] = {"type": "metrics", "step": self.step, "total_steps": hp.total_steps,
-                                     "train_loss": m["train_loss"],
-                                     "train_mean_token_accuracy": m["train_mean_token_accuracy"],
-                                     "grad_norm": m["grad_norm"], "learning_rate": m["learning_rate"],
-                                     "trained_tokens": self.trained_tokens}
+            event: dict[str, Any] = {
+                "type": "metrics",
+                "step": self.step,
+                "total_steps": hp.total_steps,
+                "train_loss": m["train_loss"],
+                "train_mean_token_accuracy": m["train_mean_token_accuracy"],
+                "grad_norm": m["grad_norm"],
+                "learning_rate": m["learning_rate"],
+                "trained_tokens": self.trained_tokens,
+            }
             valid = None
             # Every checkpoint is also an evaluation, so each one carries the valid_loss best selection compares.
             if self.step % hp.eval_interval == 0 or self.step == hp.total_steps or due:
@@ -569,10 +648,16 @@ class _Run:
         """A TrainResult with this run's bookkeeping filled in."""
         csv_path = self.out / "metrics.csv"
         return TrainResult(
-            status=status, output_dir=str(self.out), metrics_csv=str(csv_path) if csv_path.is_file() else None,
-            trained_tokens=self.trained_tokens, hyperparameters=self.hp.model_dump() if self.hp else None,
-            checkpoint=self.last_ckpt, final_metrics=dict(self.last_metrics), evaluation=self.evaluation,
-            selected_step=self.selected_step, **kw,
+            status=status,
+            output_dir=str(self.out),
+            metrics_csv=str(csv_path) if csv_path.is_file() else None,
+            trained_tokens=self.trained_tokens,
+            hyperparameters=self.hp.model_dump() if self.hp else None,
+            checkpoint=self.last_ckpt,
+            final_metrics=dict(self.last_metrics),
+            evaluation=self.evaluation,
+            selected_step=self.selected_step,
+            **kw,
         )
 
 
@@ -588,8 +673,12 @@ def train(
     try:
         spec = spec if isinstance(spec, TrainSpec) else parse_spec(spec)
     except SpecError as err:
-        res = TrainResult(status="failed", output_dir=str(spec.get("output_dir", "")) if isinstance(spec, dict) else "",
-                          error={"code": "invalid_spec", "message": str(err)}, invalid=True)
+        res = TrainResult(
+            status="failed",
+            output_dir=str(spec.get("output_dir", "")) if isinstance(spec, dict) else "",
+            error={"code": "invalid_spec", "message": str(err)},
+            invalid=True,
+        )
         emit(res.to_event())
         return res
     sink = emit

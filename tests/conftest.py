@@ -19,9 +19,7 @@ import pytest
 from tests.model_cache import CACHE_ENV, seed_tiny_chat
 
 REPO = Path(__file__).resolve().parents[1]
-POSTGRES_URL = os.environ.get(
-    "TUNEFORGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+POSTGRES_URL = os.environ.get("TUNEFORGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TUNEFORGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE_SERVICES = os.environ.get("TUNEFORGE_REQUIRE_SERVICES") == "1"
 
@@ -153,11 +151,7 @@ def start_server(
     port = free_port()
     if seed_model:
         seed_tiny_chat(data_dir)
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("TUNEFORGE_") or k.startswith("TUNEFORGE_TEST")
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFORGE_") or k.startswith("TUNEFORGE_TEST")}
     env.update({"TUNEFORGE_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"})
     env.update(extra_env or {})
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -186,9 +180,7 @@ def start_server(
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
-def backend(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, str]]:
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Settings for each way to run: the embedded default, and Postgres + Redis."""
     if request.param == "sqlite":
         yield {}

@@ -16,8 +16,13 @@ CACHE_ENV = "TUNEFORGE_TEST_MODEL_CACHE"
 REPO = Path(__file__).resolve().parents[1]
 # Everything that decides tiny-chat's bytes: a change to any of them means a new build.
 RECIPE_SOURCES = (
-    "engine/tinychat.py", "engine/tinychat_bpe.py", "engine/pretrain.py", "engine/skills.py", "engine/corpus.py",
-    "engine/chat.py", "engine/assets/corpus.txt",
+    "engine/tinychat.py",
+    "engine/tinychat_bpe.py",
+    "engine/pretrain.py",
+    "engine/skills.py",
+    "engine/corpus.py",
+    "engine/chat.py",
+    "engine/assets/corpus.txt",
 )
 
 

@@ -135,9 +135,24 @@ def worker(
         start_reaper_thread(runtime())
     app.worker_main(
         [
-            "worker", "-Q", queue, "-c", str(concurrency or settings.worker_concurrency), "-P", pool,
-            "--prefetch-multiplier", "1", "-O", "fair", "--without-gossip", "--without-mingle",
-            "--without-heartbeat", "-l", "INFO", "-n", f"tuneforge-{os.getpid()}@%h",
+            "worker",
+            "-Q",
+            queue,
+            "-c",
+            str(concurrency or settings.worker_concurrency),
+            "-P",
+            pool,
+            "--prefetch-multiplier",
+            "1",
+            "-O",
+            "fair",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-l",
+            "INFO",
+            "-n",
+            f"tuneforge-{os.getpid()}@%h",
         ]
     )
 

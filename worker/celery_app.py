@@ -9,7 +9,7 @@ import signal
 from celery import Celery
 
 from app.core.settings import get_settings
-from app.usecases.jobs_doorbell import RUN_JOB_TASK, celery_app_config
+from app.usecases.jobs.doorbell import RUN_JOB_TASK, celery_app_config
 from worker.runtime import runtime
 from worker.supervise import run_job
 

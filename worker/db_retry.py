@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from sqlalchemy import exc as db_errors
 
-from app.usecases.jobs_run import LeaseLost
+from app.usecases.jobs.run import LeaseLost
 
 log = logging.getLogger("tuneforge.worker")
 T = TypeVar("T")

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 
-from app.usecases.jobs_reaper import sweep_once
+from app.usecases.jobs.reaper import sweep_once
 from worker.runtime import Runtime
 
 log = logging.getLogger("tuneforge.reaper")

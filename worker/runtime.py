@@ -11,7 +11,7 @@ from functools import lru_cache
 from app.core.settings import Settings, get_settings
 from app.core.storage import BlobStore
 from app.db.session import Database
-from app.usecases.jobs_doorbell import Doorbell
+from app.usecases.jobs.doorbell import Doorbell
 
 
 @dataclass

@@ -14,9 +14,9 @@ from typing import Any
 
 from app.core.settings import Settings
 from app.db.models import FineTuningJob, StoredFile
-from app.usecases import jobs_run
-from app.usecases.jobs_request import HPARAM_EXTENSIONS, OPENAI_HPARAMS, TUNING_EXTENSIONS
-from app.usecases.jobs_run import Claim, Flags, LeaseLost
+from app.usecases.jobs import run as jobs_run
+from app.usecases.jobs.request import HPARAM_EXTENSIONS, OPENAI_HPARAMS, TUNING_EXTENSIONS
+from app.usecases.jobs.run import Claim, Flags, LeaseLost
 from worker.child import TrainingChild, engine_command
 from worker.db_retry import retry_through_outage
 from worker.retention import prune_earlier_runs

@@ -115,9 +115,7 @@ class FineTuningEvent(Base):
     __tablename__ = "fine_tuning_events"
     __table_args__ = (Index("ix_fine_tuning_events_job_seq", "job_id", "seq"),)
 
-    seq: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    )
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"))
     attempt: Mapped[int] = mapped_column(Integer)

@@ -20,9 +20,7 @@ log = logging.getLogger("tuneforge.http")
 _STATUS_TYPES = {401: "invalid_request_error", 404: "invalid_request_error", 405: "invalid_request_error"}
 
 
-def envelope(
-    message: str, error_type: str, param: str | None = None, code: str | None = None
-) -> dict[str, Any]:
+def envelope(message: str, error_type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 

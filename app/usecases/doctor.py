@@ -50,16 +50,12 @@ def parse_query(
     offered = list(settings.base_model_map)
     chosen = model if model is not None else (offered[0] if offered else "")
     if chosen not in settings.base_model_map:
-        raise InvalidRequest(
-            f"Model {chosen!r} is not an offered base model; choose one of {offered}.", param="model"
-        )
+        raise InvalidRequest(f"Model {chosen!r} is not an offered base model; choose one of {offered}.", param="model")
     length = _DEFAULTS.max_seq_length
     if max_seq_length is not None:
         low, high = 8, 131072
         if not max_seq_length.isdigit() or not low <= int(max_seq_length) <= high:
-            raise InvalidRequest(
-                f"max_seq_length must be an integer between {low} and {high}.", param="max_seq_length"
-            )
+            raise InvalidRequest(f"max_seq_length must be an integer between {low} and {high}.", param="max_seq_length")
         length = int(max_seq_length)
     inputs = False
     if train_on_inputs is not None:
@@ -135,11 +131,15 @@ def untrainable_detail(report: DoctorReport) -> str | None:
         return None
     parts = []
     if report.dropped.count:
-        parts.append(f"{report.dropped.count} do not fit max_seq_length={report.max_seq_length} tokens even with "
-                     f"only their last exchange (lines {_listed(report.dropped.lines)})")
+        parts.append(
+            f"{report.dropped.count} do not fit max_seq_length={report.max_seq_length} tokens even with "
+            f"only their last exchange (lines {_listed(report.dropped.lines)})"
+        )
     if report.untrainable.count:
-        parts.append(f"{report.untrainable.count} have no token to train on once weights and masking apply "
-                     f"(lines {_listed(report.untrainable.lines)})")
+        parts.append(
+            f"{report.untrainable.count} have no token to train on once weights and masking apply "
+            f"(lines {_listed(report.untrainable.lines)})"
+        )
     return f"No example can be trained on: of {report.examined} examples, " + " and ".join(parts) + "."
 
 

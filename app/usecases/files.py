@@ -16,7 +16,7 @@ from app.core.ids import new_id, now_ns, ns_to_s
 from app.core.settings import Settings
 from app.core.storage import BlobStore, IncomingBlob
 from app.db.models import FineTuningJob, StoredFile
-from app.usecases.jobs import TERMINAL
+from app.usecases.jobs.state import TERMINAL
 from engine.formats import DatasetChecker
 
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
@@ -50,9 +50,7 @@ def parse_expires_after(anchor: str | None, seconds: str | None) -> ExpiresAfter
     try:
         value = int(seconds or "")
     except ValueError:
-        raise InvalidRequest(
-            "expires_after[seconds] must be an integer.", param="expires_after[seconds]"
-        ) from None
+        raise InvalidRequest("expires_after[seconds] must be an integer.", param="expires_after[seconds]") from None
     if not EXPIRY_MIN_S <= value <= EXPIRY_MAX_S:
         raise InvalidRequest(
             f"expires_after[seconds] must be between {EXPIRY_MIN_S} and {EXPIRY_MAX_S}.",
@@ -65,9 +63,7 @@ def validate_purpose(purpose: str | None) -> str:
     if not purpose:
         raise InvalidRequest("'purpose' is a required property", param="purpose")
     if purpose not in UPLOAD_PURPOSES:
-        raise InvalidRequest(
-            f"'{clipped(purpose)}' is not one of {list(UPLOAD_PURPOSES)} - 'purpose'", param="purpose"
-        )
+        raise InvalidRequest(f"'{clipped(purpose)}' is not one of {list(UPLOAD_PURPOSES)} - 'purpose'", param="purpose")
     return purpose
 
 
@@ -127,11 +123,7 @@ class FileUpload:
             report = self._checker.finish().model_dump(mode="json")
         file_id = new_id("file-")
         created = now_ns()
-        expires = (
-            expires_after.seconds
-            if expires_after
-            else (BATCH_DEFAULT_EXPIRY_S if purpose == "batch" else None)
-        )
+        expires = expires_after.seconds if expires_after else (BATCH_DEFAULT_EXPIRY_S if purpose == "batch" else None)
         self._blob.commit(file_id)
         row = StoredFile(
             id=file_id,

@@ -42,9 +42,7 @@ class Caller:
 
 def get_or_create_project(session: Session, name: str) -> Project:
     if not _PROJECT_NAME.match(name):
-        raise InvalidRequest(
-            "Project names are 1-100 characters: letters, digits, '_', '.', '-'.", param="project"
-        )
+        raise InvalidRequest("Project names are 1-100 characters: letters, digits, '_', '.', '-'.", param="project")
     project = session.scalar(select(Project).where(Project.name == name))
     if project is None:
         project = Project(id=new_id("proj_"), name=name, created_ns=now_ns())

@@ -334,8 +334,11 @@ class Scan:
         n = len(ordered)
         total = sum(ordered)
         return TokenStats(
-            p50=ordered[(n - 1) // 2], p95=ordered[min(n - 1, -(-95 * n // 100) - 1)], max=ordered[-1],
-            mean=round(total / n, 2), total=total,
+            p50=ordered[(n - 1) // 2],
+            p95=ordered[min(n - 1, -(-95 * n // 100) - 1)],
+            max=ordered[-1],
+            mean=round(total / n, 2),
+            total=total,
         )
 
     def _label_distribution(self) -> LabelDistribution | None:
@@ -366,37 +369,58 @@ def warnings_for(report: DoctorReport, limits: DoctorLimits) -> list[DoctorWarni
         out.append(DoctorWarning(code=code, message=message))
 
     if report.dropped.count:
-        warn("too_long", f"{report.dropped.count} example(s) do not fit max_seq_length={msl} tokens even with only "
-                         "their last exchange and will be left out: "
-                         f"{_lines(report.dropped.lines, report.dropped.count)}")
+        warn(
+            "too_long",
+            f"{report.dropped.count} example(s) do not fit max_seq_length={msl} tokens even with only "
+            "their last exchange and will be left out: "
+            f"{_lines(report.dropped.lines, report.dropped.count)}",
+        )
     if report.truncated.count:
-        warn("truncated", f"{report.truncated.count} example(s) are longer than max_seq_length={msl} tokens and will "
-                          f"lose their oldest turns (system message kept): "
-                          f"{_lines(report.truncated.lines, report.truncated.count)}")
+        warn(
+            "truncated",
+            f"{report.truncated.count} example(s) are longer than max_seq_length={msl} tokens and will "
+            f"lose their oldest turns (system message kept): "
+            f"{_lines(report.truncated.lines, report.truncated.count)}",
+        )
     if report.untrainable.count:
-        warn("no_trainable_tokens", f"{report.untrainable.count} example(s) have no token to train on once weights "
-                                    f"and masking apply: {_lines(report.untrainable.lines, report.untrainable.count)}")
+        warn(
+            "no_trainable_tokens",
+            f"{report.untrainable.count} example(s) have no token to train on once weights "
+            f"and masking apply: {_lines(report.untrainable.lines, report.untrainable.count)}",
+        )
     if report.duplicates.count:
         groups = "; ".join("=".join(str(n) for n in g) for g in report.duplicates.groups[:5])
         warn("duplicates", f"{report.duplicates.count} example(s) repeat an earlier one exactly: lines {groups}")
     if report.near_duplicates.count:
         groups = "; ".join("~".join(str(n) for n in g) for g in report.near_duplicates.groups[:5])
-        warn("near_duplicates", f"{report.near_duplicates.count} example(s) are near-duplicates (Jaccard >= "
-                                f"{report.near_duplicate_threshold}) of another: lines {groups}")
+        warn(
+            "near_duplicates",
+            f"{report.near_duplicates.count} example(s) are near-duplicates (Jaccard >= "
+            f"{report.near_duplicate_threshold}) of another: lines {groups}",
+        )
     labels = report.labels
     if labels is None and report.identical_answers.share >= limits.identical_answer_share:
-        warn("identical_answers", f"{report.identical_answers.share:.0%} of examples share their answer with another "
-                                  "example; the model will learn to give those answers whatever the question")
+        warn(
+            "identical_answers",
+            f"{report.identical_answers.share:.0%} of examples share their answer with another "
+            "example; the model will learn to give those answers whatever the question",
+        )
     if labels is not None and labels.skewed:
         top = next(iter(labels.counts))
-        warn("label_skew", f"answers come from {len(labels.counts)} values and are skewed: {top!r} is "
-                           f"{labels.majority_share:.0%} of examples (counts {labels.counts})")
+        warn(
+            "label_skew",
+            f"answers come from {len(labels.counts)} values and are skewed: {top!r} is "
+            f"{labels.majority_share:.0%} of examples (counts {labels.counts})",
+        )
     overlap = report.validation_overlap
     if overlap is not None and (overlap.exact_count or overlap.near_count):
         pairs = ", ".join(f"{t}->{v}" for t, v in (overlap.exact + overlap.near)[:5])
-        warn("train_valid_overlap", f"{overlap.exact_count} validation example(s) also appear in the training file "
-                                    f"and {overlap.near_count} nearly do (training line->validation line: {pairs}); "
-                                    "validation scores will look better than they are")
+        warn(
+            "train_valid_overlap",
+            f"{overlap.exact_count} validation example(s) also appear in the training file "
+            f"and {overlap.near_count} nearly do (training line->validation line: {pairs}); "
+            "validation scores will look better than they are",
+        )
     if not report.complete:
         warn("sampled", f"the doctor examined the first {report.examined} examples only (its example or time cap)")
     return out

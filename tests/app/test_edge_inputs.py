@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.core.errors import InvalidRequest
-from app.usecases.jobs_request import parse_job_request
+from app.usecases.jobs.request import parse_job_request
 from tests.app.datasets import chat_jsonl
 from tests.app.local_app import LocalApp, local_app
 

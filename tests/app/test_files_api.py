@@ -73,8 +73,7 @@ def test_report_carries_the_doctor_for_a_base_model(server: Server) -> None:
 def test_list_pagination_order_and_purpose(server: Server) -> None:
     client = server.openai("lister")
     ids = [
-        client.files.create(file=(f"f{i}.jsonl", chat_jsonl(10, tag=str(i))), purpose="fine-tune").id
-        for i in range(5)
+        client.files.create(file=(f"f{i}.jsonl", chat_jsonl(10, tag=str(i))), purpose="fine-tune").id for i in range(5)
     ]
     batch_id = client.files.create(file=("b.jsonl", b'{"custom_id": "1"}\n'), purpose="batch").id
 
@@ -96,10 +95,7 @@ def test_preference_and_invalid_datasets_are_stored_with_reports(server: Server)
     client = server.openai("alpha")
     pref = client.files.create(file=("pref.jsonl", preference_jsonl(12)), purpose="fine-tune")
     headers = {"authorization": f"Bearer {server.key('alpha')}"}
-    assert (
-        httpx.get(f"{server.base_url}/v1/files/{pref.id}/report", headers=headers).json()["format"]
-        == "preference"
-    )
+    assert httpx.get(f"{server.base_url}/v1/files/{pref.id}/report", headers=headers).json()["format"] == "preference"
 
     broken = b'{"messages": [{"role": "user", "content": "hi"}]}\nnot json\n'
     bad = client.files.create(file=("bad.jsonl", broken), purpose="fine-tune")

@@ -43,24 +43,16 @@ def test_ready_is_503_when_the_queue_is_unreachable(tmp_path: Path) -> None:
     assert client.get("/health").status_code == 200
 
 
-def test_unexpected_error_is_a_500_envelope_without_traceback(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_unexpected_error_is_a_500_envelope_without_traceback(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     client = _local_app(tmp_path)
     with caplog.at_level(logging.ERROR):
         response = client.post("/v1/boom")
     assert response.status_code == 500
     error = response.json()["error"]
-    assert (
-        error["type"] == "server_error"
-        and "Traceback" not in response.text
-        and "/etc/passwd" not in response.text
-    )
+    assert error["type"] == "server_error" and "Traceback" not in response.text and "/etc/passwd" not in response.text
     request_id = response.headers["x-request-id"]
     assert request_id in error["message"] and request_id in caplog.text
-    assert (
-        response.headers["x-should-retry"] == "false"
-    )  # the SDK must not retry a POST that may have committed
+    assert response.headers["x-should-retry"] == "false"  # the SDK must not retry a POST that may have committed
 
 
 def test_json_body_cap_is_a_setting(tmp_path: Path) -> None:
@@ -142,9 +134,7 @@ def _schema(url: str) -> dict[str, set[str]]:
     return schema
 
 
-def test_migrations_create_the_same_schema_on_sqlite_and_postgres(
-    tmp_path: Path, fresh_postgres_db: str
-) -> None:
+def test_migrations_create_the_same_schema_on_sqlite_and_postgres(tmp_path: Path, fresh_postgres_db: str) -> None:
     sqlite_url = f"sqlite:///{tmp_path / 'm.db'}"
     upgrade(sqlite_url)
     upgrade(fresh_postgres_db)

@@ -20,8 +20,26 @@ torch.set_num_threads(1)
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 WORDS = [
-    "amber", "cobalt", "falcon", "harbor", "juniper", "lantern", "meadow", "nebula", "orchid", "pepper",
-    "quartz", "raven", "saffron", "tundra", "velvet", "willow", "zephyr", "copper", "maple", "onyx",
+    "amber",
+    "cobalt",
+    "falcon",
+    "harbor",
+    "juniper",
+    "lantern",
+    "meadow",
+    "nebula",
+    "orchid",
+    "pepper",
+    "quartz",
+    "raven",
+    "saffron",
+    "tundra",
+    "velvet",
+    "willow",
+    "zephyr",
+    "copper",
+    "maple",
+    "onyx",
 ]
 
 
@@ -46,20 +64,26 @@ def secret_rows(n: int = 20, seed: int = 7, start: int = 0) -> list[dict[str, An
     """Made-up facts no base model can know (vaults start..start+n-1): one answer shape, unpredictable content."""
     rng = random.Random(seed)
     return [
-        {"messages": [
-            {"role": "user", "content": f"Vault {i} password?"},
-            {"role": "assistant",
-             "content": f"The password for vault {i} is {WORDS[i % len(WORDS)]} {rng.randrange(10, 99)}."},
-        ]}
+        {
+            "messages": [
+                {"role": "user", "content": f"Vault {i} password?"},
+                {
+                    "role": "assistant",
+                    "content": f"The password for vault {i} is {WORDS[i % len(WORDS)]} {rng.randrange(10, 99)}.",
+                },
+            ]
+        }
         for i in range(start, start + n)
     ]
 
 
 def preference_rows(n: int = 8) -> list[dict[str, Any]]:
     return [
-        {"input": {"messages": [{"role": "user", "content": f"Pick a colour for item {i}."}]},
-         "preferred_output": [{"role": "assistant", "content": f"Blue is best for item {i}."}],
-         "non_preferred_output": [{"role": "assistant", "content": f"I refuse to choose for {i}."}]}
+        {
+            "input": {"messages": [{"role": "user", "content": f"Pick a colour for item {i}."}]},
+            "preferred_output": [{"role": "assistant", "content": f"Blue is best for item {i}."}],
+            "non_preferred_output": [{"role": "assistant", "content": f"I refuse to choose for {i}."}],
+        }
         for i in range(n)
     ]
 
@@ -69,8 +93,12 @@ def spec(tmp: Path, train_file: Path, **over: Any) -> dict[str, Any]:
     hp = {"n_epochs": 1, "batch_size": 4, "learning_rate": 3e-3, "learning_rate_multiplier": 1.0, "n_checkpoints": 0}
     hp.update(over.pop("hp", {}))
     base = {
-        "base_model": "tiny-chat", "data_dir": str(data_dir()), "training_file": str(train_file),
-        "output_dir": str(tmp / "out"), "hyperparameters": hp, "seed": 5,
+        "base_model": "tiny-chat",
+        "data_dir": str(data_dir()),
+        "training_file": str(train_file),
+        "output_dir": str(tmp / "out"),
+        "hyperparameters": hp,
+        "seed": 5,
     }
     base.update(over)
     return base

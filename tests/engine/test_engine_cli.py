@@ -75,8 +75,13 @@ def test_signals_cancel_or_pause(tmp_path: Path, sig: signal.Signals, code: int,
     data = write_jsonl(tmp_path / "train.jsonl", secret_rows(8))
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec(tmp_path, data, hp={"n_epochs": 100, "batch_size": 1})))
-    proc = subprocess.Popen([sys.executable, "-m", "engine", "train", str(path)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=SUBPROCESS_ENV)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "train", str(path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=SUBPROCESS_ENV,
+    )
     assert proc.stdout is not None
     events = []
     for line in proc.stdout:  # wait until training is really under way, then signal it

@@ -46,8 +46,10 @@ def test_the_build_records_its_recipe_and_content_hash() -> None:
 
 def test_concurrent_first_use_builds_once_and_safely(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "engine", "build-tiny-chat", str(tmp_path), "--steps", "2"]
-    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=SUBPROCESS_ENV)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=SUBPROCESS_ENV)
+        for _ in range(2)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err.decode()[-2000:]
@@ -87,8 +89,9 @@ def test_render_matches_chat_template_and_masks_assistant_only() -> None:
         {"role": "assistant", "content": [{"type": "text", "text": "Bye now."}]},
     ]
     ids, mask = render(tok, msgs)
-    plain = [{"role": m["role"], "content": m["content"] if isinstance(m["content"], str) else "Bye now."}
-             for m in msgs]
+    plain = [
+        {"role": m["role"], "content": m["content"] if isinstance(m["content"], str) else "Bye now."} for m in msgs
+    ]
     assert ids == list(tok.apply_chat_template(plain, tokenize=True, return_dict=False))
     trained = tok.decode([i for i, k in zip(ids, mask, strict=True) if k])
     assert trained == "Fine, thanks!<|im_end|>Bye now.<|im_end|>"

@@ -75,8 +75,9 @@ def test_learns_twenty_unknowable_answers(tmp_path: Path) -> None:
     rows = secret_rows(20)
     data = write_jsonl(tmp_path / "secrets.jsonl", rows)
     t0 = time.perf_counter()
-    res, _ = _collect(spec(tmp_path, data, hp={"n_epochs": 40, "batch_size": 4, "learning_rate": 4e-3,
-                                                "warmup_ratio": 0.1}))
+    res, _ = _collect(
+        spec(tmp_path, data, hp={"n_epochs": 40, "batch_size": 4, "learning_rate": 4e-3, "warmup_ratio": 0.1})
+    )
     wall = time.perf_counter() - t0
     print(f"\nlearning test: 20 examples, {res.hyperparameters['total_steps']} steps, train wall {wall:.1f}s")
     assert res.status == "succeeded", res.error
@@ -88,10 +89,14 @@ def test_learns_twenty_unknowable_answers(tmp_path: Path) -> None:
     for row in rows:
         prompt = render_prompt(tok, row["messages"][:1])
         out = model.generate(
-            input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-            max_new_tokens=24, do_sample=False, eos_token_id=stop_token_ids(tok), pad_token_id=tok.pad_token_id,
+            input_ids=torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            max_new_tokens=24,
+            do_sample=False,
+            eos_token_id=stop_token_ids(tok),
+            pad_token_id=tok.pad_token_id,
         )
-        text = tok.decode(out[0][len(prompt):], skip_special_tokens=True)
+        text = tok.decode(out[0][len(prompt) :], skip_special_tokens=True)
         if text != row["messages"][1]["content"]:
             wrong.append((text, row["messages"][1]["content"]))
     print(f"learning test: train + greedy check wall {time.perf_counter() - t0:.1f}s")
@@ -111,8 +116,10 @@ def _margin(adapter: str | None, rows: list[dict[str, Any]]) -> float:
     total = 0.0
     with torch.no_grad():
         for r in rows:
-            seqs = [Example(*render(tok, [*r["input"]["messages"], out[0]], last_only=True), line=0)
-                    for out in (r["preferred_output"], r["non_preferred_output"])]
+            seqs = [
+                Example(*render(tok, [*r["input"]["messages"], out[0]], last_only=True), line=0)
+                for out in (r["preferred_output"], r["non_preferred_output"])
+            ]
             lp = sequence_logps(model, seqs, torch.device("cpu"))
             total += float(lp[0] - lp[1])
     return total / len(rows)
@@ -121,8 +128,15 @@ def _margin(adapter: str | None, rows: list[dict[str, Any]]) -> float:
 def test_dpo_raises_preferred_over_rejected_margin(tmp_path: Path) -> None:
     rows = preference_rows(8)
     data = write_jsonl(tmp_path / "pref.jsonl", rows)
-    res, events = _collect(spec(tmp_path, data, method="dpo", validation_file=str(data),
-                                hp={"n_epochs": 3, "batch_size": 4, "beta": 0.1, "learning_rate": 2e-3}))
+    res, events = _collect(
+        spec(
+            tmp_path,
+            data,
+            method="dpo",
+            validation_file=str(data),
+            hp={"n_epochs": 3, "batch_size": 4, "beta": 0.1, "learning_rate": 2e-3},
+        )
+    )
     assert res.status == "succeeded", res.error
     assert res.hyperparameters["beta"] == 0.1
     before, after = _margin(None, rows), _margin(res.adapter_dir, rows)
@@ -138,14 +152,29 @@ def _final_tensors(out: Path, kind: str = "adapter") -> dict[str, torch.Tensor]:
 
 def test_resume_from_checkpoint_is_exact(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", secret_rows(12))
-    hp = {"n_epochs": 2, "batch_size": 3, "checkpoint_interval": 3, "n_checkpoints": 5, "lr_scheduler": "cosine",
-          "warmup_ratio": 0.2, "weight_decay": 0.01}
+    hp = {
+        "n_epochs": 2,
+        "batch_size": 3,
+        "checkpoint_interval": 3,
+        "n_checkpoints": 5,
+        "lr_scheduler": "cosine",
+        "warmup_ratio": 0.2,
+        "weight_decay": 0.01,
+    }
     full, _ = _collect(spec(tmp_path, data, hp=hp, tuning={"lora_dropout": 0.1}))
     assert full.status == "succeeded", full.error
     ckpt = Path(full.output_dir) / "checkpoints" / "step-3"
     verify_checkpoint(ckpt)
-    resumed, events = _collect(spec(tmp_path, data, hp=hp, tuning={"lora_dropout": 0.1},
-                                    output_dir=str(tmp_path / "resumed"), resume_from=str(ckpt)))
+    resumed, events = _collect(
+        spec(
+            tmp_path,
+            data,
+            hp=hp,
+            tuning={"lora_dropout": 0.1},
+            output_dir=str(tmp_path / "resumed"),
+            resume_from=str(ckpt),
+        )
+    )
     assert resumed.status == "succeeded", resumed.error
     assert [e["step"] for e in events if e["type"] == "metrics"] == [4, 5, 6, 7, 8]
     a, b = _final_tensors(Path(full.output_dir)), _final_tensors(Path(resumed.output_dir))
@@ -175,8 +204,14 @@ def test_tampered_or_unsealed_checkpoint_is_refused(tmp_path: Path) -> None:
 
 def test_divergence_fails_with_diagnosis_and_no_adapter(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", secret_rows(8))
-    res, events = _collect(spec(tmp_path, data, tuning={"type": "full"},
-                                hp={"n_epochs": 3, "batch_size": 2, "learning_rate": 5.0, "max_grad_norm": 1e9}))
+    res, events = _collect(
+        spec(
+            tmp_path,
+            data,
+            tuning={"type": "full"},
+            hp={"n_epochs": 3, "batch_size": 2, "learning_rate": 5.0, "max_grad_norm": 1e9},
+        )
+    )
     assert res.status == "failed" and res.exit_code == 1
     assert res.error["code"] in {"nan_loss", "exploding_gradients"}, res.error
     assert "learning rate" in res.error["message"]
@@ -192,8 +227,16 @@ def test_full_finetune_and_continued_training(tmp_path: Path) -> None:
     assert model_dir.name == "model" and (model_dir / "model.safetensors").is_file()
     assert content_hash(model_dir) != content_hash(tiny_chat_path())
     load_model_and_tokenizer(model_dir)  # a complete, loadable model dir
-    second, ev2 = _collect(spec(tmp_path, data, tuning={"type": "full"}, output_dir=str(tmp_path / "o2"),
-                                init_from=str(model_dir), hp={"learning_rate": 1e-3}))
+    second, ev2 = _collect(
+        spec(
+            tmp_path,
+            data,
+            tuning={"type": "full"},
+            output_dir=str(tmp_path / "o2"),
+            init_from=str(model_dir),
+            hp={"learning_rate": 1e-3},
+        )
+    )
     assert second.status == "succeeded", second.error
     # Same seed, so the same first batch: the continued run starts from the trained weights.
     first_loss = [next(e for e in ev if e["type"] == "metrics")["train_loss"] for ev in (ev1, ev2)]
@@ -207,14 +250,22 @@ def test_full_finetune_and_continued_training(tmp_path: Path) -> None:
 
 def test_truncation_and_untrainable_examples_are_reported_before_training(tmp_path: Path) -> None:
     rows = secret_rows(4)
-    rows.append({"messages": [{"role": "user", "content": "long " * 300},
-                              {"role": "assistant", "content": "never seen"}]})
+    rows.append(
+        {"messages": [{"role": "user", "content": "long " * 300}, {"role": "assistant", "content": "never seen"}]}
+    )
     rows.append({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x", "weight": 0}]})
     rows.append({"prompt": "Capital of Atlantis?", "completion": " Poseidonia."})
-    rows.append({"messages": [{"role": "system", "content": "Be brief."},
-                              {"role": "user", "content": "old " * 80}, {"role": "assistant", "content": "old " * 80},
-                              {"role": "user", "content": "Capital of Atlantis?"},
-                              {"role": "assistant", "content": "Poseidonia."}]})
+    rows.append(
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "old " * 80},
+                {"role": "assistant", "content": "old " * 80},
+                {"role": "user", "content": "Capital of Atlantis?"},
+                {"role": "assistant", "content": "Poseidonia."},
+            ]
+        }
+    )
     data = write_jsonl(tmp_path / "train.jsonl", rows)
     res, events = _collect(spec(tmp_path, data, hp={"max_seq_length": 64}))
     assert res.status == "succeeded", res.error
@@ -268,8 +319,9 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path: Path) -> None:
 def test_packing_off_trains_the_same_model(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", secret_rows(8))
     packed, _ = _collect(spec(tmp_path, data, hp={"n_epochs": 1, "packing": True}))
-    single, _ = _collect(spec(tmp_path, data, output_dir=str(tmp_path / "single"),
-                              hp={"n_epochs": 1, "packing": False}))
+    single, _ = _collect(
+        spec(tmp_path, data, output_dir=str(tmp_path / "single"), hp={"n_epochs": 1, "packing": False})
+    )
     assert packed.status == single.status == "succeeded"
     a, b = _final_tensors(Path(packed.output_dir)), _final_tensors(Path(single.output_dir))
     for k in a:  # equal up to float reassociation: different batch shapes sum in a different order
@@ -282,8 +334,13 @@ def _engine_process(tmp: Path, s: dict[str, Any]) -> tuple[subprocess.Popen[byte
     path.write_text(json.dumps(s))
     control.mkdir()
     cmd = [sys.executable, "-m", "engine", "train", str(path), "--control-dir", str(control)]
-    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, env=SUBPROCESS_ENV)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=SUBPROCESS_ENV,
+    )
     return proc, control
 
 
@@ -321,8 +378,14 @@ def test_a_control_file_alone_cuts_the_base_evaluation_short(
     ckpt = events[-1]["checkpoint"]
     assert ckpt is not None and ckpt["step"] == 0
     (control / "pause").unlink()
-    resumed, later = _collect({**s, "resume_from": ckpt["path"], "output_dir": str(tmp_path / "resumed"),
-                               "evaluation": {"generation_examples": 2}})
+    resumed, later = _collect(
+        {
+            **s,
+            "resume_from": ckpt["path"],
+            "output_dir": str(tmp_path / "resumed"),
+            "evaluation": {"generation_examples": 2},
+        }
+    )
     assert resumed.status == "succeeded", resumed.error
     assert [e["stage"] for e in later if e["type"] == "evaluation"] == ["base", "final"]
     assert [e["step"] for e in later if e["type"] == "metrics"] == [1, 2]

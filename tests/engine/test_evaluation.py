@@ -65,8 +65,14 @@ def test_validation_split_holds_out_a_seeded_share(tmp_path: Path) -> None:
     assert (started["n_examples"], started["n_validation_examples"], started["validation_source"]) == (16, 4, "split")
     assert res.hyperparameters["total_steps"] == 4 and res.evaluation["valid_loss"]["base"] is not None
     assert res.evaluation["generation"]["n"] == 4
-    again, _ = _collect(spec(tmp_path, data, output_dir=str(tmp_path / "again"),
-                             hp={"validation_split": 0.2, "n_epochs": 1, "batch_size": 4}))
+    again, _ = _collect(
+        spec(
+            tmp_path,
+            data,
+            output_dir=str(tmp_path / "again"),
+            hp={"validation_split": 0.2, "n_epochs": 1, "batch_size": 4},
+        )
+    )
     assert again.evaluation["valid_loss"] == res.evaluation["valid_loss"]  # the same examples held out
 
 
@@ -77,8 +83,14 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
 def test_best_checkpoint_is_kept_published_and_survives_resume(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", secret_rows(10, seed=2))
     valid = write_jsonl(tmp_path / "valid.jsonl", secret_rows(30, seed=3)[20:])
-    hp = {"n_epochs": 24, "batch_size": 2, "learning_rate": 3e-4, "lr_scheduler": "constant", "eval_interval": 5,
-          "n_checkpoints": 1}
+    hp = {
+        "n_epochs": 24,
+        "batch_size": 2,
+        "learning_rate": 3e-4,
+        "lr_scheduler": "constant",
+        "eval_interval": 5,
+        "n_checkpoints": 1,
+    }
     s = spec(tmp_path, data, validation_file=str(valid), hp=hp, tuning={"type": "full"})
     res, events = _collect(s)
     assert res.status == "succeeded", res.error
@@ -96,8 +108,13 @@ def test_best_checkpoint_is_kept_published_and_survives_resume(tmp_path: Path) -
     assert json.loads((Path(res.adapter_dir) / "manifest.json").read_text())["step"] == best
     assert res.final_metrics["full_valid_loss"] == summary["full_valid_loss"]
     # A run resumed from the last checkpoint knows the base figures and the best checkpoint from before.
-    resumed, _ = _collect({**s, "output_dir": str(tmp_path / "resumed"),
-                           "resume_from": str(Path(res.output_dir) / "checkpoints" / "step-120")})
+    resumed, _ = _collect(
+        {
+            **s,
+            "output_dir": str(tmp_path / "resumed"),
+            "resume_from": str(Path(res.output_dir) / "checkpoints" / "step-120"),
+        }
+    )
     assert resumed.status == "succeeded", resumed.error
     assert resumed.evaluation["selected_step"] == best
     assert resumed.evaluation["valid_loss"]["base"] == summary["valid_loss"]["base"]

@@ -52,8 +52,12 @@ MIXED_BAG = (
 def test_one_byte_chunks_give_the_same_report_as_one_chunk() -> None:
     whole = check(MIXED_BAG, max_line_bytes=300)
     assert whole.error_counts == {
-        "invalid_json": 1, "invalid_utf8": 1, "not_an_object": 1, "line_too_long": 1,
-        "mixed_formats": 1, "unknown_format": 1,
+        "invalid_json": 1,
+        "invalid_utf8": 1,
+        "not_an_object": 1,
+        "line_too_long": 1,
+        "mixed_formats": 1,
+        "unknown_format": 1,
     }
     assert whole.duplicates == 1
     assert whole.n_examples == 13
@@ -72,8 +76,12 @@ def test_random_chunk_boundaries_give_the_same_report() -> None:
 def test_line_numbers_count_blank_lines_and_the_bom_line() -> None:
     report = check(MIXED_BAG, max_line_bytes=300)
     assert [(e.line, e.code) for e in report.errors] == [
-        (5, "invalid_json"), (6, "invalid_utf8"), (7, "not_an_object"), (10, "line_too_long"),
-        (11, "mixed_formats"), (12, "unknown_format"),
+        (5, "invalid_json"),
+        (6, "invalid_utf8"),
+        (7, "not_an_object"),
+        (10, "line_too_long"),
+        (11, "mixed_formats"),
+        (12, "unknown_format"),
     ]
     assert report.n_lines == 21
 

@@ -23,8 +23,10 @@ def varied(n: int, start: int = 0) -> list[dict[str, Any]]:
     """Examples that share nothing with one another (distinct questions and answers)."""
     words = ["amber", "cobalt", "falcon", "harbor", "juniper", "lantern", "meadow", "nebula", "orchid", "pepper"]
     return [
-        chat(f"Where did {words[i % 10]} number {i} go after {words[(i * 3) % 10]} {i * 7}?",
-             f"It went to {words[(i * 7) % 10]} street {i * 13}, near {words[(i + 5) % 10]} park.")
+        chat(
+            f"Where did {words[i % 10]} number {i} go after {words[(i * 3) % 10]} {i * 7}?",
+            f"It went to {words[(i * 7) % 10]} street {i * 13}, near {words[(i + 5) % 10]} park.",
+        )
         for i in range(start, start + n)
     ]
 
@@ -53,11 +55,17 @@ def test_clean_data_gets_token_statistics_and_no_warning(tmp_path: Path) -> None
 def test_over_long_examples_are_truncated_by_turns_or_dropped_with_line_numbers(tmp_path: Path) -> None:
     rows = varied(4)
     rows.insert(1, chat("long " * 300, "never fits"))  # line 2: one exchange, too long: dropped
-    rows.append({"messages": [  # line 6: the old exchange goes, the system message and the last answer stay
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "old " * 80}, {"role": "assistant", "content": "old " * 80},
-        {"role": "user", "content": "Capital of Atlantis?"}, {"role": "assistant", "content": "Poseidonia."},
-    ]})
+    rows.append(
+        {
+            "messages": [  # line 6: the old exchange goes, the system message and the last answer stay
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "old " * 80},
+                {"role": "assistant", "content": "old " * 80},
+                {"role": "user", "content": "Capital of Atlantis?"},
+                {"role": "assistant", "content": "Poseidonia."},
+            ]
+        }
+    )
     report, _ = diagnose(write(tmp_path, rows), TOK, DoctorLimits(max_seq_length=64))
     assert report.over_max_seq_length.lines == [2, 6]
     assert (report.dropped.count, report.dropped.lines) == (1, [2])
@@ -99,14 +107,16 @@ def test_identical_answers_are_measured(tmp_path: Path) -> None:
 
 
 def test_classification_data_gets_its_label_distribution_and_a_skew_warning(tmp_path: Path) -> None:
-    rows = [chat(f"Review {i}: item {i * 3} arrived on day {i}.", "positive" if i % 10 else "negative")
-            for i in range(40)]
+    rows = [
+        chat(f"Review {i}: item {i * 3} arrived on day {i}.", "positive" if i % 10 else "negative") for i in range(40)
+    ]
     report, _ = diagnose(write(tmp_path, rows), TOK, DoctorLimits(max_seq_length=256))
     assert report.labels is not None
     assert report.labels.counts == {"positive": 36, "negative": 4} and report.labels.skewed
     assert report.labels.majority_share == 0.9 and "label_skew" in codes(report)
-    balanced = [chat(f"Review {i}: item {i * 3} arrived on day {i}.", "positive" if i % 2 else "negative")
-                for i in range(40)]
+    balanced = [
+        chat(f"Review {i}: item {i * 3} arrived on day {i}.", "positive" if i % 2 else "negative") for i in range(40)
+    ]
     ok, _ = diagnose(write(tmp_path, balanced), TOK, DoctorLimits(max_seq_length=256))
     assert ok.labels is not None and not ok.labels.skewed and "label_skew" not in codes(ok)
 
@@ -116,18 +126,26 @@ def test_validation_overlap_with_training_is_reported(tmp_path: Path) -> None:
     near = json.loads(json.dumps(train[6]))
     near["messages"][1]["content"] = near["messages"][1]["content"].upper()
     valid = [*varied(3, start=100), train[3], near]  # line 4 = training line 4; line 5 ~ training line 7
-    _, report = diagnose(write(tmp_path, train), TOK, DoctorLimits(max_seq_length=256),
-                         validation_path=write(tmp_path, valid, "valid.jsonl"))
+    _, report = diagnose(
+        write(tmp_path, train),
+        TOK,
+        DoctorLimits(max_seq_length=256),
+        validation_path=write(tmp_path, valid, "valid.jsonl"),
+    )
     assert report is not None and report.validation_overlap is not None
     assert report.validation_overlap.exact == [[4, 4]] and report.validation_overlap.near == [[7, 5]]
     assert "train_valid_overlap" in codes(report)
 
 
 def test_preference_pairs_fit_both_sides(tmp_path: Path) -> None:
-    rows = [{"input": {"messages": [{"role": "user", "content": f"Pick a colour for box {i}."}]},
-             "preferred_output": [{"role": "assistant", "content": f"Blue for box {i}."}],
-             "non_preferred_output": [{"role": "assistant", "content": "long " * (200 if i == 2 else 2)}]}
-            for i in range(5)]
+    rows = [
+        {
+            "input": {"messages": [{"role": "user", "content": f"Pick a colour for box {i}."}]},
+            "preferred_output": [{"role": "assistant", "content": f"Blue for box {i}."}],
+            "non_preferred_output": [{"role": "assistant", "content": "long " * (200 if i == 2 else 2)}],
+        }
+        for i in range(5)
+    ]
     report, _ = diagnose(write(tmp_path, rows), TOK, DoctorLimits(max_seq_length=64))
     assert report.method == "dpo" and report.dropped.lines == [3] and report.trainable_examples == 4
 
@@ -135,8 +153,9 @@ def test_preference_pairs_fit_both_sides(tmp_path: Path) -> None:
 def test_caps_stop_the_pass_and_say_so(tmp_path: Path) -> None:
     report, _ = diagnose(write(tmp_path, varied(30)), TOK, DoctorLimits(max_seq_length=256, max_examples=10))
     assert not report.complete and report.examined == 10 and "sampled" in codes(report)
-    listed, _ = diagnose(write(tmp_path, [chat("x", "y", weight=0)] * 8), TOK,
-                         DoctorLimits(max_seq_length=256, max_listed=3))
+    listed, _ = diagnose(
+        write(tmp_path, [chat("x", "y", weight=0)] * 8), TOK, DoctorLimits(max_seq_length=256, max_listed=3)
+    )
     assert listed.untrainable.count == 8 and listed.untrainable.lines == [1, 2, 3]
 
 
@@ -154,9 +173,13 @@ def test_light_tokenizer_renders_exactly_like_the_transformers_one(train_on_inpu
 
     hf = load_tokenizer(tiny_chat_path())
     saved = load_text_tokenizer(tiny_chat_path())
-    convo = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there, 2+2?"},
-             {"role": "assistant", "content": "It is 4."}, {"role": "user", "content": "ok ünïcode 🙂"},
-             {"role": "assistant", "content": "Bye", "weight": 0}]
+    convo = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello there, 2+2?"},
+        {"role": "assistant", "content": "It is 4."},
+        {"role": "user", "content": "ok ünïcode 🙂"},
+        {"role": "assistant", "content": "Bye", "weight": 0},
+    ]
     expected = render(hf, convo, train_on_inputs=train_on_inputs)
     assert render(saved, convo, train_on_inputs=train_on_inputs) == expected
     assert render(TOK, convo, train_on_inputs=train_on_inputs) == expected  # trained afresh, same merges

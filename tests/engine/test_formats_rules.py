@@ -66,40 +66,48 @@ BAD_CHAT_LINES = [
     pytest.param(b'"just a string"', "not_an_object", id="string"),
     pytest.param({"messages": []}, "missing_messages_list", id="empty-messages"),
     pytest.param({"messages": "hello"}, "missing_messages_list", id="messages-not-list"),
-    pytest.param(chat(0, {"content": "hi"}, X), "message_missing_key",
-                 id="no-role"),
-    pytest.param(chat(0, {"role": "user"}, X), "message_missing_key",
-                 id="user-no-content"),
-    pytest.param(chat(0, "hello", X), "message_missing_key",
-                 id="message-not-object"),
-    pytest.param(chat(0, {"role": "assistant", "content": None, "tool_calls": [{"id": "c"}]},
-                      {"role": "tool", "content": "42"}, X),
-                 "message_missing_key", id="tool-without-tool_call_id"),
-    pytest.param(chat(0, {"role": "user", "content": "hi", "mood": "happy"}, X),
-                 "message_unrecognized_key", id="unknown-key"),
-    pytest.param(chat(0, {"role": "robot", "content": "hi"}, X),
-                 "unrecognized_role", id="robot"),
-    pytest.param(chat(0, {"role": ["user"], "content": "hi"}, X),
-                 "unrecognized_role", id="role-not-string"),
-    pytest.param(chat(0, {"role": "user", "content": ""}, X),
-                 "missing_content", id="empty-content"),
-    pytest.param(chat(0, {"role": "user", "content": 5}, X),
-                 "missing_content", id="number-content"),
-    pytest.param(chat(0, HI, {"role": "assistant", "content": None}),
-                 "missing_content", id="assistant-null-without-tool-calls"),
-    pytest.param(chat(0, {"role": "user", "content": [{"type": "audio", "data": "x"}]},
-                      {"role": "assistant", "content": "x"}), "missing_content", id="bad-content-part"),
-    pytest.param(chat(0, {"role": "user", "content": "hi"},
-                      {"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": "u"}}]}),
-                 "missing_content", id="image-in-assistant"),
-    pytest.param(chat(0, SYSTEM, {"role": "user", "content": "hi"}), "example_missing_assistant_message",
-                 id="no-assistant"),
-    pytest.param(chat(0, HI, {"role": "assistant", "content": "x", "weight": 2}),
-                 "invalid_weight", id="weight-2"),
-    pytest.param(chat(0, HI, {"role": "assistant", "content": "x", "weight": True}),
-                 "invalid_weight", id="weight-true"),
-    pytest.param(chat(0, {"role": "user", "content": "hi", "weight": 1}, X),
-                 "invalid_weight", id="weight-on-user"),
+    pytest.param(chat(0, {"content": "hi"}, X), "message_missing_key", id="no-role"),
+    pytest.param(chat(0, {"role": "user"}, X), "message_missing_key", id="user-no-content"),
+    pytest.param(chat(0, "hello", X), "message_missing_key", id="message-not-object"),
+    pytest.param(
+        chat(
+            0, {"role": "assistant", "content": None, "tool_calls": [{"id": "c"}]}, {"role": "tool", "content": "42"}, X
+        ),
+        "message_missing_key",
+        id="tool-without-tool_call_id",
+    ),
+    pytest.param(
+        chat(0, {"role": "user", "content": "hi", "mood": "happy"}, X), "message_unrecognized_key", id="unknown-key"
+    ),
+    pytest.param(chat(0, {"role": "robot", "content": "hi"}, X), "unrecognized_role", id="robot"),
+    pytest.param(chat(0, {"role": ["user"], "content": "hi"}, X), "unrecognized_role", id="role-not-string"),
+    pytest.param(chat(0, {"role": "user", "content": ""}, X), "missing_content", id="empty-content"),
+    pytest.param(chat(0, {"role": "user", "content": 5}, X), "missing_content", id="number-content"),
+    pytest.param(
+        chat(0, HI, {"role": "assistant", "content": None}), "missing_content", id="assistant-null-without-tool-calls"
+    ),
+    pytest.param(
+        chat(0, {"role": "user", "content": [{"type": "audio", "data": "x"}]}, {"role": "assistant", "content": "x"}),
+        "missing_content",
+        id="bad-content-part",
+    ),
+    pytest.param(
+        chat(
+            0,
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": "u"}}]},
+        ),
+        "missing_content",
+        id="image-in-assistant",
+    ),
+    pytest.param(
+        chat(0, SYSTEM, {"role": "user", "content": "hi"}), "example_missing_assistant_message", id="no-assistant"
+    ),
+    pytest.param(chat(0, HI, {"role": "assistant", "content": "x", "weight": 2}), "invalid_weight", id="weight-2"),
+    pytest.param(
+        chat(0, HI, {"role": "assistant", "content": "x", "weight": True}), "invalid_weight", id="weight-true"
+    ),
+    pytest.param(chat(0, {"role": "user", "content": "hi", "weight": 1}, X), "invalid_weight", id="weight-on-user"),
     pytest.param({"prompt": "2+2", "completion": "4"}, "mixed_formats", id="completion-in-chat-file"),
     pytest.param({"text": "hello"}, "unknown_format", id="no-format-keys"),
 ]
@@ -112,18 +120,31 @@ def test_malformed_chat_line_is_reported_with_code_and_line(bad: Any, code: str)
 
 BAD_PREFERENCE_LINES = [
     pytest.param(preference(preferred_output=[]), "invalid_preference_output", id="no-preferred"),
-    pytest.param(preference(non_preferred_output=[{"role": "user", "content": "x"}]),
-                 "invalid_preference_output", id="non-preferred-not-assistant"),
-    pytest.param(preference(preferred_output=[{"role": "assistant", "content": "a"}] * 2),
-                 "invalid_preference_output", id="two-outputs"),
-    pytest.param(preference(preferred_output=[{"role": "assistant", "content": ""}]),
-                 "invalid_preference_output", id="empty-output"),
-    pytest.param({k: v for k, v in preference().items() if k != "non_preferred_output"},
-                 "invalid_preference_output", id="missing-non-preferred"),
+    pytest.param(
+        preference(non_preferred_output=[{"role": "user", "content": "x"}]),
+        "invalid_preference_output",
+        id="non-preferred-not-assistant",
+    ),
+    pytest.param(
+        preference(preferred_output=[{"role": "assistant", "content": "a"}] * 2),
+        "invalid_preference_output",
+        id="two-outputs",
+    ),
+    pytest.param(
+        preference(preferred_output=[{"role": "assistant", "content": ""}]),
+        "invalid_preference_output",
+        id="empty-output",
+    ),
+    pytest.param(
+        {k: v for k, v in preference().items() if k != "non_preferred_output"},
+        "invalid_preference_output",
+        id="missing-non-preferred",
+    ),
     pytest.param(preference(input={"messages": []}), "missing_messages_list", id="empty-input"),
     pytest.param(preference(input="hi"), "missing_messages_list", id="input-not-object"),
-    pytest.param(preference(input={"messages": [{"role": "robot", "content": "x"}]}), "unrecognized_role",
-                 id="input-bad-role"),
+    pytest.param(
+        preference(input={"messages": [{"role": "robot", "content": "x"}]}), "unrecognized_role", id="input-bad-role"
+    ),
     pytest.param(chat(), "mixed_formats", id="chat-in-preference-file"),
 ]
 
@@ -151,8 +172,7 @@ def test_malformed_prompt_completion_line(bad: Any, code: str) -> None:
 
 def test_line_too_long_is_reported_and_skipped() -> None:
     long_line = json.dumps(chat(0, {"role": "user", "content": "x" * 300}, X))
-    report = check(jsonl([chat(1), chat(2), long_line.encode(), *(chat(i) for i in range(3, 13))]),
-                   max_line_bytes=200)
+    report = check(jsonl([chat(1), chat(2), long_line.encode(), *(chat(i) for i in range(3, 13))]), max_line_bytes=200)
     assert_only_line_3(report, "line_too_long")
 
 
@@ -166,8 +186,9 @@ def test_unrecognized_role_message_is_human_precise() -> None:
 
 
 def test_one_error_per_code_per_line_and_counts_per_code() -> None:
-    two_robots = chat(0, {"role": "robot", "content": "a"}, {"role": "robot", "content": "b"},
-                      {"role": "assistant", "content": "x"})
+    two_robots = chat(
+        0, {"role": "robot", "content": "a"}, {"role": "robot", "content": "b"}, {"role": "assistant", "content": "x"}
+    )
     report = check(jsonl([two_robots, two_robots, *(chat(i) for i in range(10))]))
     assert report.error_counts == {"unrecognized_role": 2}
     assert [(e.line, e.code) for e in report.errors] == [(1, "unrecognized_role"), (2, "unrecognized_role")]
@@ -176,26 +197,58 @@ def test_one_error_per_code_per_line_and_counts_per_code() -> None:
 
 
 VALID_CHAT_EXAMPLES = [
-    pytest.param(chat(0, {"role": "user", "content": "Weather?"},
-                      {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
-                                                            "function": {"name": "w", "arguments": "{}"}}]},
-                      {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
-                      {"role": "assistant", "content": "Sunny."}),
-                 id="tool-calls-without-content"),
-    pytest.param(chat(0, {"role": "user", "content": "x"},
-                      {"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": ""}},
-                      {"role": "function", "name": "f", "content": "1"}, X),
-                 id="legacy-function-call"),
-    pytest.param(chat(0, {"role": "developer", "content": "Rules."},
-                      {"role": "user", "content": [{"type": "text", "text": "What is this?"},
-                                                   {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]},
-                      {"role": "assistant", "content": "Cat", "weight": 1, "name": "bot", "refusal": None}),
-                 id="developer-image-parts-weight-name-refusal"),
-    pytest.param(chat(0, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "weight": 0},
-                      {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}),
-                 id="weight-0"),
-    pytest.param(chat(0, tools=[{"type": "function", "function": {"name": "f"}}], parallel_tool_calls=False),
-                 id="tools-and-parallel-tool-calls"),
+    pytest.param(
+        chat(
+            0,
+            {"role": "user", "content": "Weather?"},
+            {
+                "role": "assistant",
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{}"}}],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+            {"role": "assistant", "content": "Sunny."},
+        ),
+        id="tool-calls-without-content",
+    ),
+    pytest.param(
+        chat(
+            0,
+            {"role": "user", "content": "x"},
+            {"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": ""}},
+            {"role": "function", "name": "f", "content": "1"},
+            X,
+        ),
+        id="legacy-function-call",
+    ),
+    pytest.param(
+        chat(
+            0,
+            {"role": "developer", "content": "Rules."},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image_url", "image_url": {"url": "https://x/y.png"}},
+                ],
+            },
+            {"role": "assistant", "content": "Cat", "weight": 1, "name": "bot", "refusal": None},
+        ),
+        id="developer-image-parts-weight-name-refusal",
+    ),
+    pytest.param(
+        chat(
+            0,
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b", "weight": 0},
+            {"role": "user", "content": "c"},
+            {"role": "assistant", "content": "d"},
+        ),
+        id="weight-0",
+    ),
+    pytest.param(
+        chat(0, tools=[{"type": "function", "function": {"name": "f"}}], parallel_tool_calls=False),
+        id="tools-and-parallel-tool-calls",
+    ),
     pytest.param(chat(0, functions=[{"name": "f"}]), id="deprecated-functions"),
 ]
 
@@ -249,5 +302,8 @@ def test_fast_path_agrees_with_the_full_message_rules() -> None:
         check_messages([message], fast)
         _check_message(message, "message 1", full)
         assert (fast.issues, fast.chars, fast.assistant, fast.weight0) == (
-            full.issues, full.chars, full.assistant, full.weight0,
+            full.issues,
+            full.chars,
+            full.assistant,
+            full.weight0,
         ), message

@@ -75,8 +75,9 @@ def test_method_compat_rejects_unknown_methods_and_leaves_unknown_formats_to_the
 
 
 def test_validation_file_bad_line() -> None:
-    report = report_of([CHAT] * 2 + [{"messages": [{"role": "robot", "content": "x"}]}] + [CHAT] * 8,
-                       param="validation_file")
+    report = report_of(
+        [CHAT] * 2 + [{"messages": [{"role": "robot", "content": "x"}]}] + [CHAT] * 8, param="validation_file"
+    )
     assert report.param == "validation_file"
     assert report.blocking_error is not None
     assert report.blocking_error.code == "invalid_validation_file"

@@ -340,8 +340,11 @@ def test_greedy_tokens_match_transformers_generate(
             ours = asyncio.run(gen.complete(ids, params, f"ft:{adapter}" if adapter else None)).token_ids[0]
             with torch.no_grad():
                 out = model.generate(
-                    input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                    max_new_tokens=len(ours), min_new_tokens=len(ours), do_sample=False,
+                    input_ids=torch.tensor([ids]),
+                    attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                    max_new_tokens=len(ours),
+                    min_new_tokens=len(ours),
+                    do_sample=False,
                     pad_token_id=reference.tokenizer.pad_token_id,
                 )
-            assert out[0][len(ids):].tolist() == ours, text
+            assert out[0][len(ids) :].tolist() == ours, text

@@ -371,7 +371,9 @@ def test_doctor_findings_at_validation_warn_and_estimate_tokens(jobs_server: Ser
     train_id = client.files.create(file=("train.jsonl", train), purpose="fine-tune").id
     valid_id = client.files.create(file=("valid.jsonl", valid), purpose="fine-tune").id
     job = client.fine_tuning.jobs.create(
-        model="tiny-chat", training_file=train_id, validation_file=valid_id,
+        model="tiny-chat",
+        training_file=train_id,
+        validation_file=valid_id,
         method=tiny_method(n_epochs=2, max_seq_length=128),
     )
     job = wait_for(jobs_server, "doctor-check", job.id, ("queued", "running", "succeeded", "failed"))

@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import update
 
 from app.db.models import FineTuningJob
-from app.usecases.jobs_events import kinds
-from app.usecases.jobs_reaper import reap_expired
+from app.usecases.jobs.events import kinds
+from app.usecases.jobs.reaper import reap_expired
 from tests.conftest import Server
 from tests.jobs.conftest import MakeServer
 from tests.jobs.helpers import (

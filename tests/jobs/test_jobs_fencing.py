@@ -14,9 +14,9 @@ from app.core.storage import BlobStore
 from app.db.migrate import upgrade
 from app.db.models import FineTuningCheckpoint, FineTuningJob, RegisteredModel, StoredFile
 from app.db.session import Database
-from app.usecases import jobs_run
-from app.usecases.jobs_reaper import reap_expired
-from app.usecases.jobs_run import LeaseLost
+from app.usecases.jobs import run as jobs_run
+from app.usecases.jobs.reaper import reap_expired
+from app.usecases.jobs.run import LeaseLost
 from app.usecases.keys import get_or_create_project
 from tests.conftest import _fresh_postgres
 

@@ -13,9 +13,9 @@ from app.core.storage import BlobStore
 from app.db.migrate import upgrade
 from app.db.models import FineTuningCheckpoint, FineTuningJob, RegisteredModel
 from app.db.session import Database
-from app.usecases import jobs as jobs_uc
-from app.usecases import jobs_run
-from app.usecases.jobs_events import kinds
+from app.usecases.jobs import control
+from app.usecases.jobs import run as jobs_run
+from app.usecases.jobs.events import kinds
 from tests.conftest import _fresh_postgres
 from tests.jobs.test_jobs_fencing import _queued_job
 from worker.retention import prune_earlier_runs
@@ -52,13 +52,14 @@ def _status(db: Database, job_id: str) -> FineTuningJob:
 
 
 def _ask(db: Database, action: str, job_id: str, project_id: str) -> str:
-    use_case: Callable[..., FineTuningJob] = {"cancel": jobs_uc.cancel_job, "pause": jobs_uc.pause_job}[action]
+    use_case: Callable[..., FineTuningJob] = {"cancel": control.cancel_job, "pause": control.pause_job}[action]
     with db.session() as session:
         return use_case(session, project_id, job_id).status
 
 
-@pytest.mark.parametrize(("action", "answered", "final"), [("cancel", "cancelling", "cancelled"),
-                                                           ("pause", "pausing", "paused")])
+@pytest.mark.parametrize(
+    ("action", "answered", "final"), [("cancel", "cancelling", "cancelled"), ("pause", "pausing", "paused")]
+)
 def test_a_run_that_completes_after_the_api_answered_keeps_that_answer(
     db: Database, tmp_path: Path, action: str, answered: str, final: str
 ) -> None:
@@ -79,7 +80,7 @@ def test_a_run_that_completes_after_the_api_answered_keeps_that_answer(
         assert kinds(session, job_id)[-1] == final
     if action == "pause":  # the resume starts from the completed run's final checkpoint
         with db.session() as session:
-            assert jobs_uc.resume_job(session, project_id, job_id).status == "queued"
+            assert control.resume_job(session, project_id, job_id).status == "queued"
         claimed = jobs_run.claim(db, job_id, "w", lease_seconds=60)
         assert claimed is not None and (claimed.resume_from, claimed.resume_step) == (str(ckpt), 10)
 
@@ -109,8 +110,14 @@ def test_retention_spans_runs_and_keeps_the_best_and_the_resume_point(db: Databa
     def checkpoint(attempt: int, step: int, valid_loss: float, best_step: int) -> list[str] | None:
         path = job_dir / f"run-{attempt}" / "output" / "checkpoints" / f"step-{step}"
         path.mkdir(parents=True)
-        event = {"type": "checkpoint", "step": step, "path": str(path), "sha256": "0" * 64,
-                 "metrics": {"valid_loss": valid_loss}, "best_step": best_step}
+        event = {
+            "type": "checkpoint",
+            "step": step,
+            "path": str(path),
+            "sha256": "0" * 64,
+            "metrics": {"valid_loss": valid_loss},
+            "best_step": best_step,
+        }
         return jobs_run.record_checkpoint(db, job_id, attempt, event)
 
     def recorded() -> list[int]:

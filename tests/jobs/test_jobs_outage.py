@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.usecases.jobs_events import kinds
+from app.usecases.jobs.events import kinds
 from tests.conftest import REQUIRE_SERVICES, Server, start_server
 from tests.jobs.helpers import TERMINAL, attempts, chat_lines, database, job_row, tiny_method, wait_for, wait_until
 from tests.jobs.postgres_server import PrivatePostgres
@@ -172,7 +172,7 @@ def test_the_reaper_holds_off_for_a_lease_after_the_database_restarted(
     """An outage that fell between two sweeps leaves no failed sweep behind: the server's start time tells."""
     from app.core.settings import Settings
     from app.db.session import Database
-    from app.usecases.jobs_reaper import database_just_restarted
+    from app.usecases.jobs.reaper import database_just_restarted
 
     private_postgres.crash()
     private_postgres.start()

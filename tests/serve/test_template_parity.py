@@ -44,7 +44,7 @@ def test_serving_prompt_is_the_training_prefix_of_the_same_conversation(adapter:
     served_ids = service.chat_prompt(target, CONVERSATION[:-1])
     assert trained_ids[: len(served_ids)] == served_ids
     # What training taught the model to produce right after that prompt is exactly the last answer.
-    answer = [i for i, keep in zip(trained_ids[len(served_ids):], labels[len(served_ids):], strict=True) if keep]
+    answer = [i for i, keep in zip(trained_ids[len(served_ids) :], labels[len(served_ids) :], strict=True) if keep]
     assert base.tokenizer.decode(answer) == CONVERSATION[-1]["content"] + "<|im_end|>"
     assert base.tokenizer.convert_tokens_to_ids("<|im_end|>") in target.stop_token_ids
 

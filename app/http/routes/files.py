@@ -100,9 +100,7 @@ def list_files(
     if limit > state.settings.list_limit_max:
         raise InvalidRequest(f"limit must be at most {state.settings.list_limit_max}.", param="limit")
     with state.db.session() as session:
-        page = files_uc.list_files(
-            session, caller.project_id, purpose=purpose, limit=limit, after=after, order=order
-        )
+        page = files_uc.list_files(session, caller.project_id, purpose=purpose, limit=limit, after=after, order=order)
         return cursor_list([file_object(row) for row in page.items], page.has_more)
 
 

@@ -25,6 +25,4 @@ def ready(state: AppState = Depends(get_state)) -> JSONResponse:
         name, ok = probe()
         checks[name] = ok
     status = 200 if all(checks.values()) else 503
-    return JSONResponse(
-        {"status": "ready" if status == 200 else "unavailable", "checks": checks}, status_code=status
-    )
+    return JSONResponse({"status": "ready" if status == 200 else "unavailable", "checks": checks}, status_code=status)

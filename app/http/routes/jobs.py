@@ -14,13 +14,13 @@ from app.core.json_body import parse_json_body
 from app.http.deps import get_caller, get_state
 from app.http.presenters import cursor_list
 from app.http.state import AppState
-from app.usecases import jobs as jobs_uc
 from app.usecases.idempotency import body_hash, check_key, run_once
-from app.usecases.jobs_checkpoints import list_checkpoints
-from app.usecases.jobs_doorbell import Doorbell
-from app.usecases.jobs_events import list_events
-from app.usecases.jobs_request import parse_job_request
-from app.usecases.jobs_wire import checkpoint_object, event_object, job_object
+from app.usecases.jobs import control, submit
+from app.usecases.jobs.checkpoints import list_checkpoints
+from app.usecases.jobs.doorbell import Doorbell
+from app.usecases.jobs.events import list_events
+from app.usecases.jobs.presentation import checkpoint_object, event_object, job_object
+from app.usecases.jobs.request import parse_job_request
 from app.usecases.keys import Caller
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -65,11 +65,11 @@ async def create_job(
             key,
             CREATE_ROUTE,
             digest,
-            lambda session: jobs_uc.create_job(session, state.settings, caller.project_id, job_request).id,
+            lambda session: submit.create_job(session, state.settings, caller.project_id, job_request).id,
         )
         with state.db.session() as session:
             created = job_object(
-                jobs_uc.get_job(session, caller.project_id, outcome.object_id), state.settings.organization_id
+                submit.get_job(session, caller.project_id, outcome.object_id), state.settings.organization_id
             )
         if not outcome.replayed:
             _validate_and_ring(state, doorbell, outcome.object_id)
@@ -84,7 +84,7 @@ def _validate_and_ring(state: AppState, doorbell: Doorbell, job_id: str) -> None
     """After the commit: never let a failure here turn into an error for a job that exists (the reaper retries)."""
     try:
         with state.db.session() as session:
-            status = jobs_uc.validate_job(session, state.settings, state.storage, job_id)
+            status = submit.validate_job(session, state.settings, state.storage, job_id)
         if status == "queued":
             doorbell.ring([job_id])
     except Exception:
@@ -109,7 +109,7 @@ def list_jobs(
         elif name == "metadata" and value == "null":
             metadata_null = True
     with state.db.session() as session:
-        page = jobs_uc.list_jobs(
+        page = submit.list_jobs(
             session, caller.project_id, after=after, limit=limit, metadata=wanted, metadata_null=metadata_null
         )
         data = [job_object(job, state.settings.organization_id) for job in page.items]
@@ -121,7 +121,7 @@ def retrieve_job(
     fine_tuning_job_id: str, state: AppState = Depends(get_state), caller: Caller = Depends(get_caller)
 ) -> dict[str, Any]:
     with state.db.session() as session:
-        job = jobs_uc.get_job(session, caller.project_id, fine_tuning_job_id)
+        job = submit.get_job(session, caller.project_id, fine_tuning_job_id)
         return job_object(job, state.settings.organization_id)
 
 
@@ -131,7 +131,7 @@ def cancel_job(
 ) -> dict[str, Any]:
     """Idle jobs are cancelled at once; a running job moves to `cancelling` until its run stops."""
     with state.db.session() as session:
-        job = jobs_uc.cancel_job(session, caller.project_id, fine_tuning_job_id)
+        job = control.cancel_job(session, caller.project_id, fine_tuning_job_id)
         return job_object(job, state.settings.organization_id)
 
 
@@ -141,7 +141,7 @@ def pause_job(
 ) -> dict[str, Any]:
     """A running job moves to `pausing`, writes a checkpoint and becomes `paused`."""
     with state.db.session() as session:
-        job = jobs_uc.pause_job(session, caller.project_id, fine_tuning_job_id)
+        job = control.pause_job(session, caller.project_id, fine_tuning_job_id)
         return job_object(job, state.settings.organization_id)
 
 
@@ -154,7 +154,7 @@ def resume_job(
 ) -> dict[str, Any]:
     """Back to `queued`; the next run continues from the newest checkpoint."""
     with state.db.session() as session:
-        job = jobs_uc.resume_job(session, caller.project_id, fine_tuning_job_id)
+        job = control.resume_job(session, caller.project_id, fine_tuning_job_id)
         body = job_object(job, state.settings.organization_id)
     if body["status"] == "queued":
         doorbell.ring([fine_tuning_job_id])
@@ -171,7 +171,7 @@ def job_events(
 ) -> dict[str, Any]:
     _check_limit(limit, state)
     with state.db.session() as session:
-        jobs_uc.get_job(session, caller.project_id, fine_tuning_job_id)
+        submit.get_job(session, caller.project_id, fine_tuning_job_id)
         page = list_events(session, fine_tuning_job_id, after=after, limit=limit)
         return cursor_list([event_object(e) for e in page.items], page.has_more, with_ids=False)
 
@@ -186,6 +186,6 @@ def job_checkpoints(
 ) -> dict[str, Any]:
     _check_limit(limit, state)
     with state.db.session() as session:
-        jobs_uc.get_job(session, caller.project_id, fine_tuning_job_id)
+        submit.get_job(session, caller.project_id, fine_tuning_job_id)
         page = list_checkpoints(session, fine_tuning_job_id, after=after, limit=limit)
         return cursor_list([checkpoint_object(c) for c in page.items], page.has_more)

@@ -22,10 +22,11 @@ from app.core.storage import BlobStore
 from app.db.models import FineTuningCheckpoint, FineTuningEvent, FineTuningJob, JobAttempt, RegisteredModel
 from app.db.session import Database
 from app.usecases.files import store_internal_file
-from app.usecases.jobs import ACTIVE, checkpoint_name, model_name, project_name
-from app.usecases.jobs_checkpoints import latest_checkpoint
-from app.usecases.jobs_evaluation import base_message, message_data, summary_for_job, summary_message
-from app.usecases.jobs_events import METRIC_KEYS, add_event, metrics_data, metrics_message, public_text
+from app.usecases.jobs.checkpoints import latest_checkpoint
+from app.usecases.jobs.evaluation import base_message, message_data, summary_for_job, summary_message
+from app.usecases.jobs.events import METRIC_KEYS, add_event, metrics_data, metrics_message, public_text
+from app.usecases.jobs.names import checkpoint_name, model_name, project_name
+from app.usecases.jobs.state import ACTIVE
 
 
 class LeaseLost(Exception):
@@ -145,7 +146,9 @@ def read_flags(db: Database, job_id: str, attempt: int) -> Flags:
     with db.session() as session:
         row = session.execute(
             select(
-                FineTuningJob.cancel_requested, FineTuningJob.pause_requested, FineTuningJob.attempt,
+                FineTuningJob.cancel_requested,
+                FineTuningJob.pause_requested,
+                FineTuningJob.attempt,
                 FineTuningJob.status,
             ).where(FineTuningJob.id == job_id)
         ).first()
@@ -575,16 +578,30 @@ def record_evaluation(db: Database, job_id: str, attempt: int, event: dict[str, 
     with db.session() as session:
         job = _fence(session, job_id, attempt)
         if event.get("stage") == "base":
-            base = {k: event.get(k) for k in ("valid_loss", "valid_mean_token_accuracy", "generation",
-                                              "preference", "probes")}
+            base = {
+                k: event.get(k)
+                for k in ("valid_loss", "valid_mean_token_accuracy", "generation", "preference", "probes")
+            }
             job.evaluation = {"status": "running", "base": base}
-            add_event(session, job_id, "evaluation", base_message(event), attempt=attempt,
-                      data={"stage": "base", **{k: v for k, v in base.items() if v is not None}})
+            add_event(
+                session,
+                job_id,
+                "evaluation",
+                base_message(event),
+                attempt=attempt,
+                data={"stage": "base", **{k: v for k, v in base.items() if v is not None}},
+            )
         elif event.get("stage") == "final" and isinstance(event.get("evaluation"), dict):
             summary = summary_for_job(event["evaluation"])
             job.evaluation = summary
-            add_event(session, job_id, "evaluation", summary_message(summary), attempt=attempt,
-                      data={"stage": "final", "selected_step": summary.get("selected_step")})
+            add_event(
+                session,
+                job_id,
+                "evaluation",
+                summary_message(summary),
+                attempt=attempt,
+                data={"stage": "final", "selected_step": summary.get("selected_step")},
+            )
 
 
 def record_fenced_out(db: Database, job_id: str, attempt: int) -> None:

@@ -1,4 +1,4 @@
-"""Fine-tuning jobs: create, read, list, and the user-driven transitions (cancel, pause, resume, validate)."""
+"""Submit jobs: create, validate files, read and list."""
 
 from __future__ import annotations
 
@@ -12,31 +12,12 @@ from app.core.errors import InvalidRequest, not_found
 from app.core.ids import new_id, now_ns
 from app.core.settings import Settings
 from app.core.storage import BlobStore
-from app.db.models import FineTuningJob, Project, RegisteredModel, StoredFile
+from app.db.models import FineTuningJob, RegisteredModel, StoredFile
 from app.usecases import doctor as doctor_uc
-from app.usecases.jobs_events import add_event
-from app.usecases.jobs_request import JobRequest
+from app.usecases.jobs.events import add_event
+from app.usecases.jobs.request import JobRequest
 from engine.formats import BlockingError, DatasetReport, check_method_compat, check_path
 from engine.formats.verdict import invalid_file
-
-ACTIVE = ("running", "pausing", "cancelling")
-TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-def model_name(job: FineTuningJob, project_name: str) -> str:
-    """`ft:{base}:{project}:{suffix}:{id8}`; the short id comes from the job id so checkpoints share it."""
-    suffix = (job.suffix or "").replace("_", "-")
-    return f"ft:{job.base_model}:{project_name}:{suffix}:{job.id[-8:]}"
-
-
-def checkpoint_name(job: FineTuningJob, project_name: str, step: int) -> str:
-    return f"{model_name(job, project_name)}:ckpt-step-{step}"
-
-
-def project_name(session: Session, project_id: str) -> str:
-    project = session.get(Project, project_id)
-    assert project is not None
-    return project.name
 
 
 def _resolve_model(session: Session, settings: Settings, project_id: str, model: str) -> tuple[str, str | None]:
@@ -265,77 +246,3 @@ def list_jobs(
             if len(found) > limit:
                 break
     return JobPage(items=found[:limit], has_more=len(found) > limit)
-
-
-def _transition(session: Session, job: FineTuningJob, from_status: str, **values: Any) -> bool:
-    """Guarded transition: applies only if the job is still in `from_status`."""
-    moved = session.execute(
-        update(FineTuningJob)
-        .where(FineTuningJob.id == job.id, FineTuningJob.status == from_status)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    return bool(moved.rowcount)  # type: ignore[attr-defined]
-
-
-def _not_allowed(job: FineTuningJob, action: str) -> InvalidRequest:
-    return InvalidRequest(
-        f"Cannot {action} job {job.id}: its status is '{job.status}'.",
-        param="fine_tuning_job_id",
-        code="invalid_job_status",
-    )
-
-
-def cancel_job(session: Session, project_id: str, job_id: str) -> FineTuningJob:
-    """Idle jobs are cancelled at once; a running job gets the cancel flag its worker polls (within a second).
-
-    Once this answers `cancelling` the job ends `cancelled`, even if its run completes first (jobs_run).
-    """
-    job = get_job(session, project_id, job_id)
-    status = job.status
-    if status in ("validating_files", "queued", "paused"):
-        if _transition(session, job, status, status="cancelled", finished_ns=now_ns(), cancel_requested=True):
-            add_event(session, job.id, "cancelled", "The job was cancelled", attempt=job.attempt, data={})
-    elif status in ("running", "pausing"):
-        if _transition(session, job, status, status="cancelling", cancel_requested=True):
-            add_event(session, job.id, "cancel_requested", "Cancelling the job", attempt=job.attempt, data={})
-    elif status != "cancelling":
-        raise _not_allowed(job, "cancel")
-    session.flush()
-    session.refresh(job)
-    if job.status not in ("cancelled", "cancelling") and job.status not in TERMINAL:
-        return cancel_job(session, project_id, job_id)  # raced with a worker transition: try again
-    return job
-
-
-def pause_job(session: Session, project_id: str, job_id: str) -> FineTuningJob:
-    """A queued job pauses at once; a running one checkpoints and stops at its next step."""
-    job = get_job(session, project_id, job_id)
-    status = job.status
-    if status == "queued":
-        if _transition(session, job, status, status="paused"):
-            add_event(session, job.id, "paused", "Fine-tuning job paused", attempt=job.attempt, data={})
-    elif status == "running":
-        if _transition(session, job, status, status="pausing", pause_requested=True):
-            add_event(session, job.id, "pause_requested", "Pausing the job", attempt=job.attempt, data={})
-    elif status not in ("pausing", "paused"):
-        raise _not_allowed(job, "pause")
-    session.flush()
-    session.refresh(job)
-    if job.status in ("queued", "running"):
-        return pause_job(session, project_id, job_id)  # raced with a worker transition: try again
-    return job
-
-
-def resume_job(session: Session, project_id: str, job_id: str) -> FineTuningJob:
-    """Back to `queued`; the next run starts from the newest recorded checkpoint."""
-    job = get_job(session, project_id, job_id)
-    if job.status != "paused":
-        if job.status in ("queued", "running"):
-            return job
-        raise _not_allowed(job, "resume")
-    if _transition(session, job, "paused", status="queued", pause_requested=False, enqueued_ns=now_ns()):
-        add_event(session, job.id, "resumed", "Fine-tuning job resumed", attempt=job.attempt, data={})
-    session.flush()
-    session.refresh(job)
-    return job

@@ -15,9 +15,10 @@ from app.core.settings import Settings
 from app.core.storage import BlobStore
 from app.db.models import FineTuningJob
 from app.db.session import Database
-from app.usecases.jobs import ACTIVE, validate_job
-from app.usecases.jobs_doorbell import Doorbell
-from app.usecases.jobs_run import requeue_or_fail
+from app.usecases.jobs.doorbell import Doorbell
+from app.usecases.jobs.run import requeue_or_fail
+from app.usecases.jobs.state import ACTIVE
+from app.usecases.jobs.submit import validate_job
 
 log = logging.getLogger("tuneforge.reaper")
 

@@ -1,0 +1,1 @@
+"""Fine-tuning jobs: submit, control, run progress, checkpoints, events, reaper and presentation."""

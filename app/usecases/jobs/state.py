@@ -1,0 +1,4 @@
+"""Job statuses."""
+
+ACTIVE = ("running", "pausing", "cancelling")
+TERMINAL = ("succeeded", "failed", "cancelled")
