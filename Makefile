@@ -47,13 +47,15 @@ serve: run
 
 test: $(STAMP) ## the whole suite: ruff, mypy, import contracts, pytest (no tests collected = failure)
 	$(BIN)/ruff check .
-	$(BIN)/mypy $(PACKAGES)
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy $(PACKAGES)  # strict: see [tool.mypy] in pyproject.toml
 	$(BIN)/lint-imports
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n 2 --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff, mypy and the import contracts, without the tests
 	$(BIN)/ruff check .
-	$(BIN)/mypy $(PACKAGES)
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy $(PACKAGES)  # strict: see [tool.mypy] in pyproject.toml
 	$(BIN)/lint-imports
 
 fmt: $(STAMP) ## apply ruff's fixes and formatting

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import tempfile
 import time
 import warnings
@@ -20,8 +21,10 @@ from engine.inference.asyncio_engine import AsyncEngine
 from engine.inference.engine import EngineSettings, GenerationEngine
 from engine.inference.loading import LoadedBase, load_base
 from engine.inference.prompting import render_chat
-from engine.inference.testing import make_adapter
 from engine.inference.types import SamplingParams
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the adapter builder is test support, not the library
+from tests.support.inference_testing import make_adapter  # noqa: E402
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 QUESTIONS = [

@@ -88,6 +88,7 @@ def run_ours(cfg: dict[str, Any]) -> dict[str, Any]:
     from peft import PeftModel
 
     from engine import train
+    from engine.events import EngineEvent, MessageEvent, MetricsEvent
     from engine.models import load_model_and_tokenizer
 
     spec = {
@@ -110,12 +111,12 @@ def run_ours(cfg: dict[str, Any]) -> dict[str, Any]:
     marks: dict[str, float] = {}
     grad_norms: list[float] = []
 
-    def on_event(e: dict[str, Any]) -> None:
-        if e["type"] == "message" and e.get("code") == "loop_started":  # model built, first step next
+    def on_event(e: EngineEvent) -> None:
+        if isinstance(e, MessageEvent) and e.code == "loop_started":  # model built, first step next
             marks["start"], marks["cpu_start"] = time.perf_counter(), time.process_time()
-        elif e["type"] == "metrics":
+        elif isinstance(e, MetricsEvent):
             marks["end"], marks["cpu_end"] = time.perf_counter(), time.process_time()
-            grad_norms.append(e["grad_norm"])
+            grad_norms.append(float(e.grad_norm or 0.0))
 
     res = train(spec, events=on_event)
     assert res.status == "succeeded", res.error

@@ -1,4 +1,4 @@
-"""The artifact manifest serving checks, and the atomic publication of the final adapter/model dir."""
+"""Building the artifact manifest (engine.manifest) from a run, and the atomic publication of its dir."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import shutil
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
 
 from engine.chat import stop_token_ids
+from engine.events import EvaluationSummary, Figures
 from engine.fsutil import fsync_dir, fsync_tree, sha256_file
+from engine.manifest import ArtifactManifest, ResolvedSpec
 from engine.models import content_hash, tokenizer_hash
-
-MANIFEST_VERSION = 1
 
 
 @dataclass
@@ -29,23 +29,29 @@ class Identity:
     chat_template: str | None
     stop_tokens: list[str]
     stop_token_ids: list[int]
-    special_tokens: dict[str, Any]
+    special_tokens: dict[str, str]
     training_file_sha256: str
     validation_file_sha256: str | None
+
+
+def public_model_name(base_model: str) -> str:
+    """The name a manifest records: a local directory given as the base model is named by its last part."""
+    path = PurePosixPath(base_model)
+    return path.name if path.is_absolute() or base_model.startswith(("./", "../", "~")) else base_model
 
 
 def identify(base_model: str, base_path: Path, tokenizer: Any, train_file: str, valid_file: str | None) -> Identity:
     """Hash the base model, tokenizer and datasets."""
     ids = stop_token_ids(tokenizer)
     return Identity(
-        base_model=base_model,
+        base_model=public_model_name(base_model),
         base_path=base_path,
         base_sha256=content_hash(base_path),
         tokenizer_sha256=tokenizer_hash(base_path),
         chat_template=getattr(tokenizer, "chat_template", None),
-        stop_tokens=[tokenizer.convert_ids_to_tokens(i) for i in ids],
+        stop_tokens=[str(tokenizer.convert_ids_to_tokens(i)) for i in ids],
         stop_token_ids=ids,
-        special_tokens={k: str(v) for k, v in tokenizer.special_tokens_map.items()},
+        special_tokens={str(k): str(v) for k, v in tokenizer.special_tokens_map.items()},
         training_file_sha256=sha256_file(Path(train_file)),
         validation_file_sha256=sha256_file(Path(valid_file)) if valid_file else None,
     )
@@ -54,32 +60,31 @@ def identify(base_model: str, base_path: Path, tokenizer: Any, train_file: str, 
 def manifest(
     ident: Identity,
     *,
-    kind: str,
-    spec: dict[str, Any],
-    hparams: dict[str, Any],
+    kind: Literal["lora", "full"],
+    spec: ResolvedSpec,
     step: int,
     trained_tokens: int,
-    metrics: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    metrics: Figures | None = None,
+    evaluation: EvaluationSummary | None = None,
+) -> ArtifactManifest:
     """The manifest.json stored next to an adapter/model and in each checkpoint."""
-    return {
-        "manifest_version": MANIFEST_VERSION,
-        "kind": kind,  # "lora" (PEFT adapter) or "full" (complete weights)
-        "base_model": ident.base_model,
-        "base_model_sha256": ident.base_sha256,
-        "tokenizer_sha256": ident.tokenizer_sha256,
-        "chat_template": ident.chat_template,
-        "stop_tokens": ident.stop_tokens,
-        "stop_token_ids": ident.stop_token_ids,
-        "special_tokens": ident.special_tokens,
-        "training_file_sha256": ident.training_file_sha256,
-        "validation_file_sha256": ident.validation_file_sha256,
-        "spec": spec,
-        "hyperparameters": hparams,
-        "step": step,
-        "trained_tokens": trained_tokens,
-        "metrics": metrics or {},
-    }
+    return ArtifactManifest(
+        kind=kind,
+        base_model=ident.base_model,
+        base_model_sha256=ident.base_sha256,
+        tokenizer_sha256=ident.tokenizer_sha256,
+        chat_template=ident.chat_template,
+        stop_tokens=ident.stop_tokens,
+        stop_token_ids=ident.stop_token_ids,
+        special_tokens=ident.special_tokens,
+        training_file_sha256=ident.training_file_sha256,
+        validation_file_sha256=ident.validation_file_sha256,
+        spec=spec,
+        step=step,
+        trained_tokens=trained_tokens,
+        metrics=metrics or {},
+        evaluation=evaluation,
+    )
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

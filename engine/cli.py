@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-from typing import Any, TextIO
+from typing import TextIO
 
+from engine.events import EngineEvent, RunError
 from engine.result import TrainResult
 from engine.spec import SpecError, load_spec
 
@@ -46,15 +46,15 @@ def main(argv: list[str] | None = None) -> int:
 
     out = _event_stream()
 
-    def emit(event: dict[str, Any]) -> None:
-        out.write(json.dumps(event, default=str) + "\n")
+    def emit(event: EngineEvent) -> None:
+        out.write(event.to_line() + "\n")
         out.flush()
 
     try:
         spec = load_spec(args.spec)
     except (SpecError, OSError) as err:
         res = TrainResult(
-            status="failed", output_dir="", error={"code": "invalid_spec", "message": str(err)}, invalid=True
+            status="failed", output_dir="", error=RunError(code="invalid_spec", message=str(err)), invalid=True
         )
         emit(res.to_event())
         return res.exit_code

@@ -78,9 +78,10 @@ class Control:
         """The pending request that may interrupt right now (cancel first), if any."""
         if self._raised:
             return None
-        for request, pending in (("cancel", self._cancel), ("pause", self._pause)):
+        pending_requests: tuple[tuple[Request, bool], ...] = (("cancel", self._cancel), ("pause", self._pause))
+        for request, pending in pending_requests:
             if pending and request in self._allowed:
-                return request  # type: ignore[return-value]
+                return request
         return None
 
     def _raise_if_due(self) -> None:

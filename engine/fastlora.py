@@ -9,6 +9,7 @@ arguments, mixed dtypes) falls back to PEFT's own forward, so semantics never ch
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 
 
 def _fast_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    slow = type(self).forward
+    slow: Callable[..., torch.Tensor] = type(self).forward  # PEFT's own LoRA Linear.forward
     if args or kwargs or self.disable_adapters or self.merged or len(self.active_adapters) != 1:
         return slow(self, x, *args, **kwargs)
     name = self.active_adapters[0]

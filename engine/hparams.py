@@ -18,11 +18,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from engine.spec import TrainSpec
+from engine.spec import (  # the epoch rule lives in the spec so the control plane can use it torch-free
+    TrainSpec,
+    auto_n_epochs,
+)
 
-MIN_TARGET_EXAMPLES = 100
-MAX_TARGET_EXAMPLES = 25000
-TARGET_EPOCHS = 3
 MAX_AUTO_BATCH = 256
 
 
@@ -51,16 +51,6 @@ class Resolved(BaseModel):
     seed: int
     total_steps: int
     steps_per_epoch: int
-
-
-def auto_n_epochs(n_examples: int) -> int:
-    """The cookbook heuristic for the number of epochs."""
-    n = max(1, n_examples)
-    if n * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
-        return min(25, MIN_TARGET_EXAMPLES // n)
-    if n * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
-        return max(1, MAX_TARGET_EXAMPLES // n)
-    return TARGET_EPOCHS
 
 
 def auto_batch_size(n_examples: int) -> int:

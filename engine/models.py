@@ -186,5 +186,5 @@ def load_model_and_tokenizer(path: str | Path, device: Any = None, dtype: Any = 
         str(path), use_safetensors=True, trust_remote_code=False, dtype=dtype, attn_implementation="sdpa"
     )
     model.to(device)
-    model.eval()
+    model.train(False)  # eval mode (the same call; `eval` has no annotations in transformers' stubs)
     return model, load_tokenizer(path)

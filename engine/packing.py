@@ -37,7 +37,12 @@ def _packed_attention(
     sizes = [e - s for s, e in segments]
     outs = [
         F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling)
-        for q, k, v in zip(query.split(sizes, 2), key.split(sizes, 2), value.split(sizes, 2), strict=True)
+        for q, k, v in zip(
+            torch.split(query, sizes, dim=2),
+            torch.split(key, sizes, dim=2),
+            torch.split(value, sizes, dim=2),
+            strict=True,
+        )
     ]
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
     return out.transpose(1, 2).contiguous(), None

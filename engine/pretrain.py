@@ -116,7 +116,7 @@ def pretrain(model: torch.nn.Module, tokenizer: Any, recipe: Recipe) -> dict[str
             for step, batch in enumerate(batches):
                 stats = sft_forward(model, batch, device)
                 n = max(1, stats.n_tokens)
-                (stats.loss_sum / n).backward()
+                torch.autograd.backward(stats.loss_sum / n)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
                 optimizer.step()
                 scheduler.step()

@@ -20,6 +20,7 @@ from engine.evaluation import (
     preference_scores,
     score_generation,
 )
+from engine.events import BaseEvaluationEvent, EvaluationSummary, FinalEvaluationEvent, MessageEvent
 from engine.modelsetup import load_trainable_weights
 from engine.probes import ProbeResult, cached_probes, run_probes
 from engine.tinychat import TINY_CHAT
@@ -165,7 +166,7 @@ class RunEvaluator:
             "probes": self.base_probes.as_dict() if self.base_probes else None,
         }
         self.seconds += time.perf_counter() - started
-        run.emit({"type": "evaluation", "stage": "base", "step": 0, **self.base})
+        run.emit(BaseEvaluationEvent.model_validate({"step": 0, **self.base}))
 
     def record_train_loss(self, loss: float) -> None:
         self.train_losses.append(loss)
@@ -185,7 +186,7 @@ class RunEvaluator:
                 "step": began,
             }
             self.warnings.append(warning)
-            self.run.emit({"type": "message", "level": "warn", **warning})
+            self.run.emit(MessageEvent.model_validate({"level": "warn", **warning}))
         if self.stop_watch is not None:
             stop_began = self.stop_watch.add(step, valid_loss, train)
             if stop_began is not None:
@@ -229,7 +230,7 @@ class RunEvaluator:
         )
         return int(best["step"])
 
-    def finish(self, selected_step: int) -> dict[str, Any]:
+    def finish(self, selected_step: int) -> EvaluationSummary:
         """Measure the model to publish against the base; emit and return the summary."""
         started = time.perf_counter()
         run = self.run
@@ -243,13 +244,14 @@ class RunEvaluator:
             if warning is not None:
                 self.warnings.append(warning)
                 run.emit(
-                    {
-                        "type": "message",
-                        "level": "warn",
-                        **warning,
-                        "base": self.base_probes.as_dict(),
-                        "tuned": tuned_probes.as_dict(),
-                    }
+                    MessageEvent.model_validate(
+                        {
+                            "level": "warn",
+                            **warning,
+                            "base": self.base_probes.as_dict(),
+                            "tuned": tuned_probes.as_dict(),
+                        }
+                    )
                 )
         generation = self._generation() if self.cfg.enabled else None
         base_gen = base.get("generation")
@@ -298,8 +300,9 @@ class RunEvaluator:
             "seconds": round(self.seconds, 2),
         }
         summary["helped"] = _helped(summary)
-        run.emit({"type": "evaluation", "stage": "final", "step": selected_step, "evaluation": summary})
-        return summary
+        typed = EvaluationSummary.model_validate(summary)
+        run.emit(FinalEvaluationEvent(step=selected_step, evaluation=typed))
+        return typed
 
 
 def _helped(summary: dict[str, Any]) -> bool | None:

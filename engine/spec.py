@@ -6,21 +6,42 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Auto = Literal["auto"]
 DEFAULT_SEED = 42
 
 
-class Hyperparameters(BaseModel):
-    """Optimisation knobs; "auto" values are resolved from the dataset (see engine.hparams)."""
+INT64_MAX = 2**63 - 1  # counts without a natural bound still fit every consumer's integer type
+
+# The bounds of each knob, one definition used by the engine's spec and by the API's request models.
+NEpochs = Auto | Annotated[int, Field(ge=1, le=100)]
+BatchSize = Auto | Annotated[int, Field(ge=1, le=1024)]
+LearningRateMultiplier = Auto | Annotated[float, Field(gt=0, le=100)]
+Beta = Auto | Annotated[float, Field(gt=0, le=10)]
+TuningType = Literal["lora", "full"]
+LoraRank = Annotated[int, Field(ge=1, le=1024)]
+LoraAlpha = Annotated[int, Field(ge=1, le=4096)]
+LoraDropout = Annotated[float, Field(ge=0, lt=1)]
+
+
+def _module_names(v: list[str] | None) -> list[str] | None:
+    if v is not None and (not v or any(not m.strip() for m in v)):
+        raise ValueError("target_modules must be a non-empty list of module names")
+    return v
+
+
+TargetModules = Annotated[list[str] | None, AfterValidator(_module_names)]
+
+
+class SharedHyperparameters(BaseModel):
+    """Optimisation knobs every method takes; "auto" values are resolved from the dataset (see engine.hparams)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    n_epochs: Auto | Annotated[int, Field(ge=1, le=100)] = "auto"
-    batch_size: Auto | Annotated[int, Field(ge=1, le=1024)] = "auto"
-    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=100)] = "auto"
-    beta: Auto | Annotated[float, Field(gt=0, le=10)] = "auto"
+    n_epochs: NEpochs = "auto"
+    batch_size: BatchSize = "auto"
+    learning_rate_multiplier: LearningRateMultiplier = "auto"
     learning_rate: Annotated[float, Field(gt=0, le=10)] | None = None  # None: 1e-3 for LoRA, 1e-4 for full
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0
     weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.0
@@ -28,14 +49,14 @@ class Hyperparameters(BaseModel):
     lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
     max_seq_length: Annotated[int, Field(ge=8, le=131072)] = 1024
     train_on_inputs: bool = False
-    eval_interval: Annotated[int, Field(ge=1)] | None = None  # None: evaluate about 10 times per run
+    eval_interval: Annotated[int, Field(ge=1, le=INT64_MAX)] | None = None  # None: evaluate about 10 times per run
     n_checkpoints: Annotated[int, Field(ge=0, le=100)] = 3
-    checkpoint_interval: Annotated[int, Field(ge=1)] | None = None  # None: one checkpoint per epoch end
+    checkpoint_interval: Annotated[int, Field(ge=1, le=INT64_MAX)] | None = None  # None: one per epoch end
     packing: bool = True
     # A gradient norm above this (before clipping) is treated as divergence and fails the run.
     grad_norm_limit: Annotated[float, Field(gt=0)] = 1e4
     # Upper bound on tokens in one packed micro-batch; larger batches are split and their gradients accumulated.
-    max_tokens_per_micro_batch: Annotated[int, Field(ge=64)] = 16384
+    max_tokens_per_micro_batch: Annotated[int, Field(ge=64, le=INT64_MAX)] = 16384
     # A seeded share of the training file held out as validation data when no validation file is given.
     validation_split: Annotated[float, Field(gt=0, lt=0.5)] | None = None
     # Stop once validation loss has risen for this many evaluations in a row while training loss fell.
@@ -44,23 +65,22 @@ class Hyperparameters(BaseModel):
     checkpoint_selection: Literal["best", "last"] = "best"
 
 
+class Hyperparameters(SharedHyperparameters):
+    """Optimisation knobs; "auto" values are resolved from the dataset (see engine.hparams). DPO adds beta."""
+
+    beta: Beta = "auto"
+
+
 class Tuning(BaseModel):
     """LoRA adapter or full fine-tuning."""
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["lora", "full"] = "lora"
-    lora_r: Annotated[int, Field(ge=1, le=1024)] = 16
-    lora_alpha: Annotated[int, Field(ge=1, le=4096)] = 32
-    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    target_modules: list[str] | None = None  # None: every linear projection inside the transformer blocks
-
-    @field_validator("target_modules")
-    @classmethod
-    def _non_empty(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None and (not v or any(not m.strip() for m in v)):
-            raise ValueError("target_modules must be a non-empty list of module names")
-        return v
+    type: TuningType = "lora"
+    lora_r: LoraRank = 16
+    lora_alpha: LoraAlpha = 32
+    lora_dropout: LoraDropout = 0.0
+    target_modules: TargetModules = None  # None: every linear projection inside the transformer blocks
 
 
 class EvalSpec(BaseModel):
@@ -128,7 +148,7 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(f"{field}: {' or '.join(msgs)}" for field, msgs in by_field.items())
 
 
-def parse_spec(data: dict | str | bytes) -> TrainSpec:
+def parse_spec(data: dict[str, object] | str | bytes) -> TrainSpec:
     """Validate a spec from a dict or JSON text; raise SpecError naming the field on failure."""
     try:
         if isinstance(data, str | bytes):
@@ -146,3 +166,20 @@ def load_spec(path: str | Path) -> TrainSpec:
     except json.JSONDecodeError as err:
         raise SpecError(f"spec: not valid JSON ({err.msg} at line {err.lineno})") from None
     return parse_spec(text)
+
+
+# ---- the "auto" epoch rule (engine.hparams documents all auto rules; this one is shared with the control plane)
+
+MIN_TARGET_EXAMPLES = 100
+MAX_TARGET_EXAMPLES = 25000
+TARGET_EPOCHS = 3
+
+
+def auto_n_epochs(n_examples: int) -> int:
+    """The cookbook heuristic for the number of epochs."""
+    n = max(1, n_examples)
+    if n * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
+        return min(25, MIN_TARGET_EXAMPLES // n)
+    if n * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
+        return max(1, MAX_TARGET_EXAMPLES // n)
+    return TARGET_EPOCHS

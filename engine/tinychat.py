@@ -60,7 +60,7 @@ def build_tokenizer(out_dir: Path) -> None:
     from transformers import PreTrainedTokenizerFast
 
     tok = train_tiny_chat_bpe()
-    fast = PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]  # transformers leaves __init__ unannotated
         tokenizer_object=tok,
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
@@ -103,7 +103,7 @@ def build_tiny_chat(out_dir: Path, recipe: Recipe | None = None) -> None:
     log.info("pretraining tiny-chat: %d steps of about %d tokens", recipe.steps, recipe.batch_tokens)
     summary = pretrain(model, tok, recipe)
     probes = run_probes(model, tok, torch.device("cpu"), with_skills=True)
-    model.generation_config = GenerationConfig(eos_token_id=eos_id, pad_token_id=pad_id)
+    model.generation_config = GenerationConfig(eos_token_id=eos_id, pad_token_id=pad_id)  # type: ignore[no-untyped-call]  # unannotated in transformers
     model.save_pretrained(str(out_dir), safe_serialization=True)
     (out_dir / "tinychat.json").write_text(
         json.dumps(

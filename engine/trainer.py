@@ -9,7 +9,7 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -18,25 +18,37 @@ from engine.artifacts import Identity, identify, manifest, publish_dir, write_js
 from engine.checkpoint import CheckpointError, prune, verify_checkpoint, write_checkpoint
 from engine.control import Control, Interrupted
 from engine.data import DatasetError, Example, LoadReport, Pair, load_dpo, load_sft
+from engine.events import (
+    CheckpointEvent,
+    CheckpointRef,
+    EngineEvent,
+    EvaluationSummary,
+    Figures,
+    MessageEvent,
+    MetricsEvent,
+    RunError,
+    StartedEvent,
+)
 from engine.hparams import Resolved, resolve
+from engine.manifest import ArtifactManifest, ResolvedSpec
 from engine.metrics import MetricsCSV
 from engine.models import default_device_dtype, ensure_base_model, is_built, load_tokenizer
 from engine.modelsetup import is_adapter_dir, load_trainable_weights, make_trainable, save_weights
 from engine.objectives import dpo_loss, micro_batches, sequence_logps, sft_forward
-from engine.result import TrainResult
+from engine.result import Status, TrainResult
 from engine.run_eval import RunEvaluator
 from engine.spec import SpecError, TrainSpec, parse_spec
 from engine.tinychat import TINY_CHAT
 
 log = logging.getLogger("engine.train")
-EventSink = Callable[[dict[str, Any]], None]
+EventSink = Callable[[EngineEvent], None]
 _MAX_LISTED_LINES = 20
 
 
 class RunStopped(Exception):
     """Ends a run early with a result (invalid input, failure, pause or cancel)."""
 
-    def __init__(self, status: str, code: str | None = None, message: str = "", invalid: bool = False) -> None:
+    def __init__(self, status: Status, code: str | None = None, message: str = "", invalid: bool = False) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.invalid = status, code, message, invalid
 
@@ -64,20 +76,20 @@ class _Run:
         self.kind = spec.tuning.type
         self.step = 0
         self.trained_tokens = 0
-        self.last_ckpt: dict[str, Any] | None = None
-        self.last_metrics: dict[str, Any] = {}
+        self.last_ckpt: CheckpointRef | None = None
+        self.last_metrics: Figures = {}
         self.hp: Resolved | None = None
         self.ref: dict[str, torch.Tensor] = {}
         self.valid_set: list[Any] = []
-        self.validation_source: str | None = None
+        self.validation_source: Literal["file", "split"] | None = None
         self.evaluator = RunEvaluator(self)
-        self.evaluation: dict[str, Any] | None = None
+        self.evaluation: EvaluationSummary | None = None
         self.selected_step: int | None = None
 
     # ----- setup -------------------------------------------------------------------------------------------
     def message(self, level: str, message: str, **extra: Any) -> None:
         """A free-text event; `code` (if given) names what it is about for clients and tests."""
-        self.emit({"type": "message", "level": level, "message": message, **extra})
+        self.emit(MessageEvent.model_validate({"level": level, "message": message, **extra}))
 
     _message = message
 
@@ -181,18 +193,17 @@ class _Run:
         )
         self._check_control()
         self.emit(
-            {
-                "type": "started",
-                "total_steps": self.hp.total_steps,
-                "hyperparameters": self.hp.model_dump(),
-                "n_examples": len(self.train_set),
-                "n_validation_examples": len(self.valid_set),
-                "validation_source": self.validation_source,
-                "trained_tokens_estimate": self._tokens_per_epoch() * self.hp.n_epochs,
-                "method": spec.method,
-                "tuning": self.kind,
-                "device": str(self.device),
-            }
+            StartedEvent(
+                total_steps=self.hp.total_steps,
+                hyperparameters=self.hp.model_dump(mode="json"),
+                n_examples=len(self.train_set),
+                n_validation_examples=len(self.valid_set),
+                validation_source=self.validation_source,
+                trained_tokens_estimate=self._tokens_per_epoch() * self.hp.n_epochs,
+                method=spec.method,
+                tuning=self.kind,
+                device=str(self.device),
+            )
         )
         self._build_model(base_path)
         if spec.resume_from:
@@ -316,7 +327,7 @@ class _Run:
         loss_sum, correct = 0.0, 0
         for g in self._groups([len(e.ids) for e in exs]):
             st = sft_forward(self.model, [exs[i] for i in g], self.device)
-            (st.loss_sum / total).backward()
+            torch.autograd.backward(st.loss_sum / total)
             loss_sum += float(st.loss_sum.detach())
             correct += st.n_correct
         return loss_sum / total, correct / total, total
@@ -333,7 +344,7 @@ class _Run:
             rc = self.ref["train_chosen"][rows].to(pc)
             rr = self.ref["train_rejected"][rows].to(pc)
             losses, margin = dpo_loss(pc, pr, rc, rr, self.hp.beta)
-            (losses.sum() / n).backward()
+            torch.autograd.backward(losses.sum() / n)
             loss_sum += float(losses.detach().sum())
             wins += int((margin > 0).sum())
         tokens = sum(p.chosen.n_trainable + p.rejected.n_trainable for p in pairs)
@@ -431,20 +442,23 @@ class _Run:
         return chosen, rejected
 
     # ----- checkpoints -------------------------------------------------------------------------------------------
-    def _manifest(self) -> dict[str, Any]:
+    def _manifest(self) -> ArtifactManifest:
         assert self.hp is not None
-        man = manifest(
+        resolved = ResolvedSpec(
+            method=self.spec.method,
+            tuning=self.spec.tuning.model_dump(mode="json"),
+            hyperparameters=self.hp.model_dump(mode="json"),
+            seed=self.spec.seed,
+        )
+        return manifest(
             self.ident,
             kind=self.kind,
-            spec=self.spec.model_dump(),
-            hparams=self.hp.model_dump(),
+            spec=resolved,
             step=self.selected_step if self.selected_step is not None else self.step,
             trained_tokens=self.trained_tokens,
             metrics=self.last_metrics,
+            evaluation=self.evaluation,
         )
-        if self.evaluation is not None:
-            man["evaluation"] = self.evaluation
-        return man
 
     def _fingerprint(self) -> dict[str, Any]:
         assert self.hp is not None
@@ -457,13 +471,13 @@ class _Run:
             "training_file_sha256": self.ident.training_file_sha256,
         }
 
-    def checkpoint(self, keep: int) -> dict[str, Any]:
+    def checkpoint(self, keep: int) -> CheckpointRef:
         """Write checkpoints/step-N atomically, announce it, prune older ones."""
         from safetensors.torch import save_file
 
         def fill(d: Path) -> None:
             save_weights(self.model, self.kind, d, self.tokenizer if self.kind == "full" else None)
-            write_json(d / "manifest.json", self._manifest())
+            self._manifest().write(d)
             torch.save(self.optimizer.state_dict(), d / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), d / "scheduler.pt")
             rng = {
@@ -492,16 +506,17 @@ class _Run:
             evaluation_state = self.evaluator.state()
             path, sha = write_checkpoint(self.out / "checkpoints", self.step, fill)
             prune(self.out / "checkpoints", keep, protect=[p for p in (path, self.evaluator.protected()) if p])
-            self.last_ckpt = {"step": self.step, "path": str(path), "sha256": sha}
+            self.last_ckpt = CheckpointRef(step=self.step, path=str(path), sha256=sha)
             # best_step: the parent's retention across runs must keep it too, wherever it lies.
             best = self.evaluator.best
             self.emit(
-                {
-                    "type": "checkpoint",
-                    **self.last_ckpt,
-                    "metrics": dict(self.last_metrics),
-                    "best_step": int(best["step"]) if best else None,
-                }
+                CheckpointEvent(
+                    step=self.step,
+                    path=str(path),
+                    sha256=sha,
+                    metrics=dict(self.last_metrics),
+                    best_step=int(best["step"]) if best else None,
+                )
             )
         return self.last_ckpt
 
@@ -532,7 +547,7 @@ class _Run:
         self.trained_tokens = int(state["trained_tokens"])
         self.last_metrics = dict(state.get("metrics") or {})
         self.evaluator.restore(state.get("evaluation"))
-        self.last_ckpt = {"step": self.step, "path": str(ckpt.resolve()), "sha256": self.ckpt_sha}
+        self.last_ckpt = CheckpointRef(step=self.step, path=str(ckpt.resolve()), sha256=self.ckpt_sha)
         self.message("info", f"resumed from the checkpoint of step {self.step}", code="resumed", step=self.step)
 
     # ----- main loop ------------------------------------------------------------------------------------------
@@ -553,7 +568,7 @@ class _Run:
         if req == "cancel":
             raise RunStopped("cancelled", None, f"cancelled at step {self.step}")
         if req == "pause" and pause:
-            if self.last_ckpt is None or self.last_ckpt["step"] != self.step:
+            if self.last_ckpt is None or self.last_ckpt.step != self.step:
                 self.checkpoint(keep=max(1, self.hp.n_checkpoints))
             raise RunStopped("paused", None, f"paused at step {self.step}")
 
@@ -587,10 +602,8 @@ class _Run:
             self.step += 1
             self.evaluator.record_train_loss(m["train_loss"])
             due = self._due_checkpoint()
-            event: dict[str, Any] = {
-                "type": "metrics",
+            figures: Figures = {
                 "step": self.step,
-                "total_steps": hp.total_steps,
                 "train_loss": m["train_loss"],
                 "train_mean_token_accuracy": m["train_mean_token_accuracy"],
                 "grad_norm": m["grad_norm"],
@@ -603,10 +616,10 @@ class _Run:
                 with self.control.allow("cancel"):
                     valid = self.evaluate(limit=self.spec.evaluation.valid_examples)
                 if valid is not None:
-                    event["valid_loss"], event["valid_mean_token_accuracy"] = valid
+                    figures["valid_loss"], figures["valid_mean_token_accuracy"] = valid
             csv.write(self.step, m["train_loss"], m["train_mean_token_accuracy"], *(valid or (None, None)))
-            self.last_metrics = {k: v for k, v in event.items() if k not in ("type", "total_steps")}
-            self.emit(event)
+            self.last_metrics = figures
+            self.emit(MetricsEvent.model_validate({**figures, "total_steps": hp.total_steps}))
             stop = False
             if valid is not None:
                 best_so_far = self.evaluator.is_new_best(valid[0])
@@ -626,10 +639,9 @@ class _Run:
             self.last_metrics = dict(state.get("metrics") or {})
         self.selected_step = selected
         self.evaluation = self.evaluator.finish(selected)
-        full_loss = self.evaluation.get("full_valid_loss")
-        if full_loss is not None:
-            self.last_metrics["full_valid_loss"] = full_loss
-            self.last_metrics["full_valid_mean_token_accuracy"] = self.evaluation.get("full_valid_mean_token_accuracy")
+        if self.evaluation.full_valid_loss is not None:
+            self.last_metrics["full_valid_loss"] = self.evaluation.full_valid_loss
+            self.last_metrics["full_valid_mean_token_accuracy"] = self.evaluation.full_valid_mean_token_accuracy
 
     def publish(self) -> str:
         """Write the final adapter (or model) dir with its manifest, atomically; return its path."""
@@ -638,13 +650,13 @@ class _Run:
 
         def fill(d: Path) -> None:
             save_weights(self.model, self.kind, d, self.tokenizer if self.kind == "full" else None)
-            write_json(d / "manifest.json", man)
+            man.write(d)
 
         publish_dir(final, fill)
-        write_json(self.out / "manifest.json", man)
+        man.write(self.out)
         return str(final)
 
-    def result(self, status: str, **kw: Any) -> TrainResult:
+    def result(self, status: Status, **kw: Any) -> TrainResult:
         """A TrainResult with this run's bookkeeping filled in."""
         csv_path = self.out / "metrics.csv"
         return TrainResult(
@@ -652,7 +664,7 @@ class _Run:
             output_dir=str(self.out),
             metrics_csv=str(csv_path) if csv_path.is_file() else None,
             trained_tokens=self.trained_tokens,
-            hyperparameters=self.hp.model_dump() if self.hp else None,
+            hyperparameters=self.hp.model_dump(mode="json") if self.hp else None,
             checkpoint=self.last_ckpt,
             final_metrics=dict(self.last_metrics),
             evaluation=self.evaluation,
@@ -676,14 +688,14 @@ def train(
         res = TrainResult(
             status="failed",
             output_dir=str(spec.get("output_dir", "")) if isinstance(spec, dict) else "",
-            error={"code": "invalid_spec", "message": str(err)},
+            error=RunError(code="invalid_spec", message=str(err)),
             invalid=True,
         )
         emit(res.to_event())
         return res
     sink = emit
 
-    def shielded(event: dict[str, Any]) -> None:
+    def shielded(event: EngineEvent) -> None:
         with control.shield():  # an interruption never tears an event line in half
             sink(event)
 
@@ -699,18 +711,18 @@ def train(
         run.stop_if_requested(pause=False)  # a pause now is kept by the last step's checkpoint
         res = run.result("succeeded", adapter_dir=run.publish())
     except Interrupted as stop:
-        status = "cancelled" if stop.request == "cancel" else "paused"
+        status: Status = "cancelled" if stop.request == "cancel" else "paused"
         run._message("info", f"{status} at step {run.step}")
         res = run.result(status)
     except RunStopped as stop:
-        error = {"code": stop.code, "message": _public(stop.message)} if stop.status == "failed" else None
+        error = RunError(code=stop.code, message=_public(stop.message)) if stop.status == "failed" else None
         if stop.status != "failed":
             run._message("info", stop.message)
         res = run.result(stop.status, error=error, invalid=stop.invalid)
     except Exception as exc:  # any other failure still ends the stream with a diagnosable result
         log.exception("training failed")
         message = _public(f"{type(exc).__name__}: {exc}")
-        res = run.result("failed", error={"code": "training_error", "message": message})
+        res = run.result("failed", error=RunError(code="training_error", message=message))
     emit(res.to_event())
     return res
 

@@ -1,129 +1,78 @@
-"""Torch-free client for an inference backend: our serve process or a vLLM OpenAI server with LoRA enabled.
-
-Both speak the same endpoints, so the API gateway forwards with this one client:
-  POST /v1/chat/completions, POST /v1/completions   OpenAI bodies; `"stream": true` answers SSE (`data: ...`)
-  GET  /v1/models                                  {"object": "list", "data": [{"id", "object", "created", ...}]}
-  POST /v1/load_lora_adapter    {"lora_name", "lora_path"}   200 text on success (also when already loaded here)
-  POST /v1/unload_lora_adapter  {"lora_name"}                200 text, 404 when unknown
-The per-caller key for the concurrency limit travels in X-TuneForge-Key (the service key, if any, in Authorization).
-Errors come back in the OpenAI envelope {"error": {"message", "type", "param", "code"}}; 429 carries Retry-After.
-This module imports only httpx and the standard library, so app/ may copy or vendor it without the ML stack.
-"""
+"""The inference process's wire: OpenAI's generation models (shared with the API) and vLLM's runtime LoRA bodies."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass
-from typing import Any
+from typing import Literal
 
-import httpx
+from pydantic import BaseModel, Field
 
-CHAT_COMPLETIONS = "/v1/chat/completions"
-COMPLETIONS = "/v1/completions"
-MODELS = "/v1/models"
-LOAD_LORA = "/v1/load_lora_adapter"
-UNLOAD_LORA = "/v1/unload_lora_adapter"
-CLIENT_KEY_HEADER = "X-TuneForge-Key"
+from app.wire.inference import (
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChoice,
+    ChatCompletionChunk,
+    ChatCompletionMessage,
+    ChatCompletionRequest,
+    ChatDelta,
+    ChatMessage,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionUsage,
+    WireRequest,
+)
+
+__all__ = [
+    "ChatChunkChoice",
+    "ChatCompletion",
+    "ChatCompletionChoice",
+    "ChatCompletionChunk",
+    "ChatCompletionMessage",
+    "ChatCompletionRequest",
+    "ChatDelta",
+    "ChatMessage",
+    "Completion",
+    "CompletionChoice",
+    "CompletionRequest",
+    "CompletionUsage",
+    "Health",
+    "LoadLoraRequest",
+    "ModelCard",
+    "ModelList",
+    "UnloadLoraRequest",
+]
 
 
-@dataclass
-class BackendError(Exception):
-    """A non-2xx answer from the backend, kept verbatim so the gateway can relay status, headers and body."""
+class LoadLoraRequest(WireRequest):
+    """`POST /v1/load_lora_adapter`, as vLLM takes it."""
 
-    status_code: int
-    body: bytes
-    headers: dict[str, str]
-
-    def __str__(self) -> str:
-        return f"backend answered {self.status_code}: {self.body[:200]!r}"
+    lora_name: str = Field(min_length=1)
+    lora_path: str = Field(min_length=1)
 
 
-class InferenceClient:
-    """Async client for one backend base URL (e.g. http://10.0.0.5:8001)."""
+class UnloadLoraRequest(WireRequest):
+    """`POST /v1/unload_lora_adapter`."""
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None = None,
-        timeout: float = 600.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=5.0),
-            transport=transport,
-        )
+    lora_name: str = Field(min_length=1)
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
-    async def __aenter__(self) -> InferenceClient:
-        return self
+class ModelCard(BaseModel):
+    """One servable model; `root` names the model (vLLM puts a path there; ours never names a server path)."""
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "tuneforge"
+    root: str
+    parent: str | None = None
 
-    @staticmethod
-    def _auth(key: str | None) -> dict[str, str]:
-        # the caller's key id lets our backend apply its per-key concurrency limit (vLLM ignores the header)
-        return {CLIENT_KEY_HEADER: key} if key else {}
 
-    async def _post_json(self, path: str, body: dict[str, Any], key: str | None) -> httpx.Response:
-        response = await self._http.post(path, json=body, headers=self._auth(key))
-        if response.status_code >= 400:
-            raise BackendError(response.status_code, response.content, dict(response.headers))
-        return response
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
 
-    async def chat_completions(self, body: dict[str, Any], key: str | None = None) -> dict[str, Any]:
-        """Non-streaming chat completion; body is the client's request with `model` rewritten as needed."""
-        result: dict[str, Any] = (await self._post_json(CHAT_COMPLETIONS, {**body, "stream": False}, key)).json()
-        return result
 
-    async def completions(self, body: dict[str, Any], key: str | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = (await self._post_json(COMPLETIONS, {**body, "stream": False}, key)).json()
-        return result
-
-    async def stream(self, path: str, body: dict[str, Any], key: str | None = None) -> AsyncGenerator[bytes, None]:
-        """Raw SSE bytes of a streaming request (path: CHAT_COMPLETIONS or COMPLETIONS), relayed as they arrive.
-
-        Raises BackendError before the first byte if the backend refuses the request. Closing the iterator early
-        closes the backend connection, which frees the backend's slot.
-        """
-        request = self._http.build_request("POST", path, json={**body, "stream": True}, headers=self._auth(key))
-        response = await self._http.send(request, stream=True)
-        try:
-            if response.status_code >= 400:
-                raise BackendError(response.status_code, await response.aread(), dict(response.headers))
-            async for chunk in response.aiter_raw():
-                yield chunk
-        finally:
-            await response.aclose()
-
-    async def models(self) -> list[dict[str, Any]]:
-        response = await self._http.get(MODELS)
-        if response.status_code >= 400:
-            raise BackendError(response.status_code, response.content, dict(response.headers))
-        data: list[dict[str, Any]] = response.json()["data"]
-        return data
-
-    async def load_lora_adapter(self, name: str, path: str) -> None:
-        """Make adapter `name` servable from directory `path` (as seen by the backend). Idempotent."""
-        try:
-            await self._post_json(LOAD_LORA, {"lora_name": name, "lora_path": path}, None)
-        except BackendError as exc:
-            if exc.status_code == 400 and b"already been loaded" in exc.body and await self._has(name):
-                return  # vLLM refuses a second load of the same name; the adapter is there, which is what we want
-            raise
-
-    async def unload_lora_adapter(self, name: str) -> None:
-        """Forget adapter `name`; unknown names are not an error (404 is swallowed)."""
-        try:
-            await self._post_json(UNLOAD_LORA, {"lora_name": name}, None)
-        except BackendError as exc:
-            if exc.status_code != 404:
-                raise
-
-    async def _has(self, name: str) -> bool:
-        return any(m.get("id") == name for m in await self.models())
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    base_model: str
+    active_sequences: int

@@ -1,27 +1,36 @@
-"""The inference service behind the routes: model resolution, prompt rendering, limits, sampling parameters."""
+"""The inference service behind the routes: adapters, model resolution, prompts, limits, sampling, generation."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from jinja2 import TemplateError
 
+from app.core.errors import InvalidRequest, NotFound, model_not_found
+from app.core.limits import KeyLimiter
 from engine.chat import stop_token_ids
 from engine.inference.asyncio_engine import AsyncEngine
 from engine.inference.engine import EngineSettings, GenerationEngine
 from engine.inference.loading import LoadedBase
 from engine.inference.prompting import render_chat
-from engine.inference.types import AdapterMismatchError, AdapterNotFoundError, SamplingParams
-from serve.errors import APIError, model_not_found
-from serve.limits import KeyLimiter
+from engine.inference.types import (
+    AdapterMismatchError,
+    AdapterNotFoundError,
+    ChoiceDelta,
+    SamplingParams,
+)
+from serve.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, ModelCard
 from serve.settings import ServeSettings
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "manifest.json")
 log = logging.getLogger(__name__)
+_DONE = object()
 
 
 @dataclass(frozen=True)
@@ -67,26 +76,25 @@ class InferenceService:
     def load_adapter(self, name: str, path: str) -> bool:
         """Register an adapter (manifest checked); False if this exact one was already there."""
         if name == self.base_name:
-            raise APIError(400, f"'{name}' is the base model's name", param="lora_name")
+            raise InvalidRequest(f"'{name}' is the base model's name", param="lora_name")
         directory = self._confined(name, path)
         current = self.engine.registry.names().get(name)
         if current is not None:
             if current.path == directory:
                 return False
-            raise APIError(400, f"The lora adapter '{name}' has already been loaded.", param="lora_name")
+            raise InvalidRequest(f"The lora adapter '{name}' has already been loaded.", param="lora_name")
         if not directory.is_dir():
-            raise APIError(404, f"No adapter directory for '{name}'.", param="lora_path", code="adapter_not_found")
+            raise NotFound(f"No adapter directory for '{name}'.", param="lora_path", code="adapter_not_found")
         try:
             self.engine.register_adapter(name, directory)
         except AdapterMismatchError as exc:  # its messages name the adapter, not the directory
-            raise APIError(400, str(exc), param="lora_path", code="adapter_mismatch") from None
+            raise InvalidRequest(str(exc), param="lora_path", code="adapter_mismatch") from None
         self._registered_at[name] = int(time.time())
         return True
 
     def _confined(self, name: str, path: str) -> Path:
         """The adapter directory, resolved, if it and its files stay under an adapter root (symlinks included)."""
-        refused = APIError(
-            400,
+        refused = InvalidRequest(
             f"The lora_path of '{name}' must be an absolute path inside this server's data directory.",
             param="lora_path",
             code="adapter_path_refused",
@@ -105,10 +113,9 @@ class InferenceService:
         self.engine.close(timeout=10)
 
     def unload_adapter(self, name: str) -> None:
+        """Forget adapter name; 404 when it is not loaded."""
         if not self.engine.unregister_adapter(name):
-            raise APIError(
-                404, f"The lora adapter '{name}' cannot be found.", param="lora_name", code="model_not_found"
-            )
+            raise NotFound(f"The lora adapter '{name}' cannot be found.", param="lora_name", code="model_not_found")
         self._registered_at.pop(name, None)
 
     def _from_root(self, model: str) -> bool:
@@ -122,6 +129,7 @@ class InferenceService:
         return True
 
     def resolve(self, model: str) -> Target:
+        """The base model or adapter a model id names, with its chat template and stop tokens."""
         if model == self.base_name:
             return Target(model, None, None, self._base_stops)
         try:
@@ -136,52 +144,49 @@ class InferenceService:
         stops |= {int(vocab[s]) for s in manifest.stop_strings if s in vocab}
         return Target(model, model, manifest.chat_template, tuple(sorted(stops)))
 
-    def models(self) -> list[dict[str, Any]]:
-        data = [
-            {
-                "id": self.base_name,
-                "object": "model",
-                "created": self.created,
-                "owned_by": "tuneforge",
-                "root": self.base_name,  # vLLM puts a path here; ours names the model, never a server path
-                "parent": None,
-            }
+    def models(self) -> list[ModelCard]:
+        """The base model, then every loaded adapter by name."""
+        base = ModelCard(id=self.base_name, created=self.created, root=self.base_name)
+        adapters = [
+            ModelCard(id=name, created=self._registered_at.get(name, self.created), root=name, parent=self.base_name)
+            for name in sorted(self.engine.registry.names())
         ]
-        for name in sorted(self.engine.registry.names()):
-            data.append(
-                {
-                    "id": name,
-                    "object": "model",
-                    "created": self._registered_at.get(name, self.created),
-                    "owned_by": "tuneforge",
-                    "root": name,
-                    "parent": self.base_name,
-                }
-            )
-        return data
+        return [base, *adapters]
 
     # ---- requests -------------------------------------------------------------------------------------------
 
-    def chat_prompt(self, target: Target, messages: list[dict[str, Any]]) -> list[int]:
+    @staticmethod
+    def refuse_unsupported(body: ChatCompletionRequest | CompletionRequest) -> None:
+        """A 400 naming the first parameter this server accepts on the wire but cannot honour."""
+        unsupported = ("logprobs",) if isinstance(body, ChatCompletionRequest) else ("echo", "logprobs")
+        for name in unsupported:
+            if getattr(body, name):
+                raise InvalidRequest(f"{name} is not supported by this server", param=name)
+
+    def chat_prompt(self, target: Target, messages: Sequence[ChatMessage]) -> list[int]:
+        """Prompt ids of the conversation through the target's chat template (the one training used)."""
         try:
-            ids = render_chat(self.base.tokenizer, messages, target.chat_template)
+            ids = render_chat(
+                self.base.tokenizer, [m.model_dump(exclude_unset=True) for m in messages], target.chat_template
+            )
         except (ValueError, TypeError, KeyError, TemplateError) as exc:  # content parts the template cannot render
             log.info("chat template refused messages for %s: %s", target.model, exc)
-            raise APIError(400, "These messages cannot be rendered for this model.", param="messages") from None
+            raise InvalidRequest("These messages cannot be rendered for this model.", param="messages") from None
         self._check_prompt(ids, "messages")
         return ids
 
     def text_prompts(self, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
-        items: list[Any] = [prompt] if isinstance(prompt, str) else list(prompt)
+        """Prompt ids of each prompt (text or token ids), checked against the vocabulary and the length limit."""
+        items: Sequence[str | int | list[int]] = [prompt] if isinstance(prompt, str) else prompt
         if items and all(isinstance(p, int) for p in items):
-            items = [items]  # a single prompt given as token ids
-        prompts = [self._encode(p) if isinstance(p, str) else [int(i) for i in p] for p in items]
-        if not prompts:
-            raise APIError(400, "prompt must not be empty", param="prompt")
+            items = [[p for p in items if isinstance(p, int)]]  # a single prompt given as token ids
+        prompts = [self._encode(p) if isinstance(p, str) else p for p in items if not isinstance(p, int)]
+        if not prompts or len(prompts) != len(items):  # the wire model lets neither through: kept as a 400
+            raise InvalidRequest("prompt must be text or token ids, and not empty", param="prompt")
         vocab = len(self.base.tokenizer)
         for ids in prompts:
             if any(i < 0 or i >= vocab for i in ids):
-                raise APIError(400, "prompt contains token ids outside the vocabulary", param="prompt")
+                raise InvalidRequest("prompt contains token ids outside the vocabulary", param="prompt")
             self._check_prompt(ids, "prompt")
         return prompts
 
@@ -190,10 +195,9 @@ class InferenceService:
 
     def _check_prompt(self, ids: list[int], param: str) -> None:
         if not ids:
-            raise APIError(400, "the prompt is empty", param=param)
+            raise InvalidRequest("the prompt is empty", param=param)
         if len(ids) > self.settings.max_prompt_tokens:
-            raise APIError(
-                400,
+            raise InvalidRequest(
                 f"This model's maximum prompt length is {self.settings.max_prompt_tokens} tokens; "
                 f"your prompt has {len(ids)} tokens.",
                 param=param,
@@ -210,25 +214,24 @@ class InferenceService:
         top_p: float | None,
         n: int | None,
         seed: int | None,
-        stop: str | list[str] | None,
+        stop: Sequence[str] | None,
     ) -> SamplingParams:
+        """The engine's sampling parameters, within this server's output and choice limits."""
         n = n or 1
         if n > self.settings.max_n:
-            raise APIError(400, f"n must be at most {self.settings.max_n}", param="n")
+            raise InvalidRequest(f"n must be at most {self.settings.max_n}", param="n")
         room = self.engine.max_context - prompt_len
         if max_tokens is not None and max_tokens > self.settings.max_output_tokens:
-            raise APIError(
-                400,
+            raise InvalidRequest(
                 f"max_tokens is too large: {max_tokens}. This server supports at most "
                 f"{self.settings.max_output_tokens} completion tokens.",
                 param="max_tokens",
             )
         if room < 1:
-            raise APIError(
-                400, "the prompt fills the model's context", param="messages", code="context_length_exceeded"
+            raise InvalidRequest(
+                "the prompt fills the model's context", param="messages", code="context_length_exceeded"
             )
         limit = min(max_tokens or self.settings.max_output_tokens, room)
-        stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
         try:
             return SamplingParams(
                 max_tokens=limit,
@@ -236,8 +239,44 @@ class InferenceService:
                 top_p=max(1e-6, 1.0 if top_p is None else top_p),
                 n=n,
                 seed=seed,
-                stop=stops,
+                stop=tuple(stop or ()),
                 stop_token_ids=target.stop_token_ids,
             )
-        except ValueError as exc:  # the schema checks the same ranges; this keeps any slip a 400, not a 500
-            raise APIError(400, str(exc)) from None
+        except ValueError as exc:  # the wire model checks the same ranges; this keeps any slip a 400, not a 500
+            raise InvalidRequest(str(exc)) from None
+
+    async def generate(
+        self, target: Target, prompts: list[list[int]], params: SamplingParams
+    ) -> AsyncGenerator[ChoiceDelta, None]:
+        """Deltas of every prompt's n choices, re-indexed prompt-major (prompt i, choice j -> i * n + j)."""
+        if len(prompts) == 1:
+            async with contextlib.aclosing(self.generator.stream(prompts[0], params, target.adapter)) as only:
+                async for delta in only:
+                    yield delta
+            return
+        inbox: asyncio.Queue[ChoiceDelta | BaseException | object] = asyncio.Queue()
+
+        async def pump(offset: int, prompt: list[int]) -> None:
+            try:
+                async with contextlib.aclosing(self.generator.stream(prompt, params, target.adapter)) as stream:
+                    async for delta in stream:
+                        delta.index += offset
+                        await inbox.put(delta)
+                await inbox.put(_DONE)
+            except Exception as exc:
+                await inbox.put(exc)
+
+        tasks = [asyncio.create_task(pump(i * params.n, p)) for i, p in enumerate(prompts)]
+        try:
+            remaining = len(tasks)
+            while remaining:
+                item = await inbox.get()
+                if item is _DONE:
+                    remaining -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                elif isinstance(item, ChoiceDelta):
+                    yield item
+        finally:
+            for task in tasks:
+                task.cancel()  # each pump's aclose aborts its engine request

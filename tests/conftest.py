@@ -19,15 +19,80 @@ import pytest
 from tests.model_cache import CACHE_ENV, seed_tiny_chat
 
 REPO = Path(__file__).resolve().parents[1]
+# Under pytest-xdist (`make test` runs two workers) each worker is "gw0", "gw1", ...; empty in a plain run.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+
+def _worker_redis(url: str) -> str:
+    """Each xdist worker its own db index on the shared Redis: two servers on one queue would take each
+    other's jobs (Postgres needs nothing: every database the suite makes has a random name)."""
+    if not XDIST_WORKER[2:].isdigit():
+        return url
+    scheme, _, rest = url.partition("://")
+    host, _, db = rest.partition("/")
+    return f"{scheme}://{host}/{(int(db or 0) + int(XDIST_WORKER[2:])) % 16}"
+
+
 POSTGRES_URL = os.environ.get("TUNEFORGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("TUNEFORGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = _worker_redis(os.environ.get("TUNEFORGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
 REQUIRE_SERVICES = os.environ.get("TUNEFORGE_REQUIRE_SERVICES") == "1"
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """One tiny-chat build per run (tests/model_cache.py), in a fresh folder unless the caller chose one."""
     if not os.environ.get(CACHE_ENV):
+        # The controller makes the folder before it starts the workers, so they share it (and one build).
         os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="tf-model-cache-")
+    if XDIST_WORKERS > 1:
+        # One torch thread per worker and per child it starts: the workers already use every core.
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, "1")
+
+
+# Under `--dist loadgroup` these run first, longest first, so that two workers finish together (each waits mostly
+# on servers and training children; measured with --durations on 2 cores). The rest keep collection order.
+HEAVY_FIRST = (
+    "tests/jobs/test_jobs_control.py",
+    "tests/e2e/test_evaluation.py",
+    "tests/jobs/test_jobs_redis.py",
+    "tests/e2e/test_finetune_and_chat.py",
+    "tests/jobs/test_jobs_outage.py",
+    "tests/console/test_console.py",
+    "tests/cli/test_user_cli.py",
+)
+
+
+def xdist_group(item: pytest.Item) -> str:
+    """A test's xdist group: its module, and its backend for modules run on both (each has its own servers)."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    backend = params.get("job_backend") or params.get("backend")
+    module = item.nodeid.split("::", 1)[0]
+    return f"{module}[{backend}]" if backend else module
+
+
+def _rank(item: pytest.Item) -> int:
+    module = item.nodeid.split("::", 1)[0]
+    return HEAVY_FIRST.index(module) if module in HEAVY_FIRST else len(HEAVY_FIRST)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
+    """With `--dist loadgroup`, keep each module (per backend) on one worker: module-scoped servers are started
+    once, and tests that read what earlier ones left (a server's log) still run after them."""
+    grouped = bool(getattr(config.option, "loadgroup", False))  # what an xdist worker of `--dist loadgroup` sees
+    if grouped:
+        for item in items:  # before xdist's own hook, which reads the marks
+            item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
+    yield
+    if grouped:
+        items.sort(key=_rank)  # stable: after pytest's fixture-aware ordering, which it keeps within a group
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Under xdist, undo the module-level torch.set_num_threads(2) of some test modules (see pytest_configure)."""
+    if XDIST_WORKERS > 1 and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 def _reachable(url: str, default_port: int) -> bool:

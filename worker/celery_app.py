@@ -22,7 +22,7 @@ app = Celery("tuneforge")
 app.conf.update(celery_app_config(get_settings()))
 
 
-@app.task(name=RUN_JOB_TASK, ignore_result=True)
+@app.task(name=RUN_JOB_TASK, ignore_result=True)  # type: ignore[untyped-decorator]  # celery ships no types
 def run_job_task(job_id: str) -> str:
     """Doorbell handler: the claim inside decides whether this message runs anything."""
     return run_job(runtime(), job_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
+import logging
 import os
 import shlex
 import signal
@@ -14,9 +14,11 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from queue import Empty, Queue
-from typing import Any
+
+from engine.events import EngineEvent, EventError, parse_event
 
 _PR_SET_PDEATHSIG = 1
+log = logging.getLogger("tuneforge.worker")
 
 
 def die_with_parent() -> None:
@@ -44,7 +46,7 @@ class TrainingChild:
             preexec_fn=die_with_parent,  # noqa: PLW1509  (no threads touch the child before exec)
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        self.events: Queue[dict[str, Any] | None] = Queue()
+        self.events: Queue[EngineEvent | None] = Queue()
         self._reader = threading.Thread(target=self._read, name=f"engine-{self.process.pid}", daemon=True)
         self._reader.start()
 
@@ -59,14 +61,12 @@ class TrainingChild:
             if not line:
                 continue
             try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # the contract says stdout is events only; ignore anything else
-            if isinstance(event, dict):
-                self.events.put(event)
+                self.events.put(parse_event(line))
+            except EventError as err:  # the contract says stdout is events only: note anything else, go on
+                log.warning("engine %s wrote a line that is no event (%s)", self.process.pid, err)
         self.events.put(None)  # end of stream
 
-    def next_events(self, timeout: float) -> Iterator[dict[str, Any] | None]:
+    def next_events(self, timeout: float) -> Iterator[EngineEvent | None]:
         """Events that arrive within `timeout` (None marks the end of the stream)."""
         try:
             yield self.events.get(timeout=timeout)

@@ -17,6 +17,17 @@ from app.db.models import FineTuningJob, StoredFile
 from app.usecases.jobs import run as jobs_run
 from app.usecases.jobs.request import HPARAM_EXTENSIONS, OPENAI_HPARAMS, TUNING_EXTENSIONS
 from app.usecases.jobs.run import Claim, Flags, LeaseLost
+from app.usecases.jobs.state import JobStatus
+from engine.events import (
+    BaseEvaluationEvent,
+    CheckpointEvent,
+    EngineEvent,
+    FinalEvaluationEvent,
+    MessageEvent,
+    MetricsEvent,
+    ResultEvent,
+    StartedEvent,
+)
 from worker.child import TrainingChild, engine_command
 from worker.db_retry import retry_through_outage
 from worker.retention import prune_earlier_runs
@@ -105,7 +116,7 @@ class Supervisor:
     def __init__(self, rt: Runtime, claim: Claim) -> None:
         self.rt = rt
         self.claim = claim
-        self.result: dict[str, Any] | None = None
+        self.result: ResultEvent | None = None
         self.requested: set[str] = set()
         # Until when this run may act as the job's owner without having renewed its lease.
         self.lease_deadline = time.monotonic() + rt.settings.lease_seconds
@@ -113,27 +124,26 @@ class Supervisor:
     def _owned_until(self) -> float:
         return self.lease_deadline
 
-    def relay_event(self, event: dict[str, Any]) -> None:
+    def relay_event(self, event: EngineEvent) -> None:
         """Record one engine event; a database outage delays it (the child waits on its pipe), never drops it."""
         retry_through_outage(lambda: self._handle(event), self._owned_until, f"{self.claim.job_id} event")
 
-    def _handle(self, event: dict[str, Any]) -> None:
+    def _handle(self, event: EngineEvent) -> None:
         db, job_id, attempt = self.rt.db, self.claim.job_id, self.claim.attempt
-        kind = event.get("type")
-        if kind == "started":
+        if isinstance(event, StartedEvent):
             jobs_run.record_started(db, job_id, attempt, event)
-        elif kind == "metrics":
+        elif isinstance(event, MetricsEvent):
             jobs_run.record_metrics(db, job_id, attempt, event)
-        elif kind == "checkpoint":
+        elif isinstance(event, CheckpointEvent):
             kept = jobs_run.record_checkpoint(db, job_id, attempt, event)
             if kept is not None:  # after the commit: rows go first, so no row ever names a deleted directory
                 folder = run_dir(self.rt, job_id, attempt)
                 prune_earlier_runs(folder.parent, folder, kept)
-        elif kind == "message":
+        elif isinstance(event, MessageEvent):
             jobs_run.record_message(db, job_id, attempt, event)
-        elif kind == "evaluation":
+        elif isinstance(event, BaseEvaluationEvent | FinalEvaluationEvent):
             jobs_run.record_evaluation(db, job_id, attempt, event)
-        elif kind == "result":
+        elif isinstance(event, ResultEvent):
             self.result = event
 
     def _heartbeat(self, child: TrainingChild, lease_deadline: float) -> float:
@@ -207,20 +217,24 @@ class Supervisor:
 
     def _finish(self, code: int) -> str:
         db, job_id, attempt = self.rt.db, self.claim.job_id, self.claim.attempt
-        status = (self.result or {}).get("status")
+        result = self.result
+        ended = result.status if result is not None else None  # how the engine says the run ended
         # Each use case returns the job's new status: a cancel or pause the API answered first wins over
         # how the run ended, and a stop nobody asked for re-queues like a crash.
-        if status == "succeeded":
-            status = jobs_run.finish_succeeded(db, self.rt.storage, job_id, attempt, self.result or {})
-        elif status == "paused":
+        status: JobStatus
+        if ended == "succeeded":
+            assert result is not None
+            status = jobs_run.finish_succeeded(db, self.rt.storage, job_id, attempt, result)
+        elif ended == "paused":
             status = jobs_run.finish_paused(db, job_id, attempt)
-        elif status == "cancelled" or (status is None and "cancel" in self.requested):
+        elif ended == "cancelled" or (ended is None and "cancel" in self.requested):
             status = jobs_run.finish_cancelled(db, job_id, attempt)
-        elif status == "failed":
-            status = jobs_run.finish_failed(db, job_id, attempt, dict((self.result or {}).get("error") or {}))
+        elif ended == "failed":
+            error = result.error if result is not None else None
+            status = jobs_run.finish_failed(db, job_id, attempt, error.model_dump() if error is not None else {})
         else:
             status = jobs_run.child_crashed(db, job_id, attempt, f"training process ended with code {code}")
-        if status == "queued":
+        if status == JobStatus.QUEUED:
             self.rt.doorbell.ring([job_id])
         return str(status)
 
@@ -241,7 +255,7 @@ def run_job(rt: Runtime, job_id: str) -> str:
     except Exception as exc:  # give the job back at once rather than let its lease run out
         log.exception("job %s run %s could not start", job_id, claim.attempt)
         status = jobs_run.child_crashed(rt.db, job_id, claim.attempt, f"the run could not start ({type(exc).__name__})")
-        if status == "queued":
+        if status == JobStatus.QUEUED:
             rt.doorbell.ring([job_id])
         return status
     spec_path.write_text(json.dumps(spec, indent=1))

@@ -74,6 +74,8 @@ class FineTuningJob(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    # A JobStatus value, changed only by app.usecases.jobs.state.move (a plain string here: that module
+    # imports this one, and a string column needs no migration).
     status: Mapped[str] = mapped_column(String(20))
     model: Mapped[str] = mapped_column(String(255))
     base_model: Mapped[str] = mapped_column(String(255))

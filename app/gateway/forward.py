@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
 
 import anyio
 import httpx
 
 from app.core.errors import Unavailable
+from app.core.limits import KeyLimiter
 from app.gateway.backends import Backend, BackendRegistry
-from app.gateway.bodies import validate_body
-from app.gateway.limits import KeyConcurrency
+from app.gateway.bodies import JsonObject, validate_body
 from app.usecases.models import InferenceTarget
 
 __all__ = ["Forwarded", "forward", "scrub_error_body", "validate_body"]
@@ -62,11 +61,11 @@ class Forwarded:
 
 async def forward(
     registry: BackendRegistry,
-    limits: KeyConcurrency,
+    limits: KeyLimiter,
     key_id: str,
     target: InferenceTarget,
     path: str,
-    body: dict[str, Any],
+    body: JsonObject,
 ) -> Forwarded:
     """Send the request; the key's concurrency slot is held until the Forwarded answer is closed."""
     backend = await registry.get(target.base_model)
@@ -79,7 +78,7 @@ async def forward(
     return Forwarded(response, lambda: limits.release(key_id))
 
 
-async def _send(backend: Backend, target: InferenceTarget, path: str, body: dict[str, Any]) -> httpx.Response:
+async def _send(backend: Backend, target: InferenceTarget, path: str, body: JsonObject) -> httpx.Response:
     if target.adapter_dir is not None:
         await backend.ensure_adapter(target.model_id, target.adapter_dir)
     for attempt in range(2):

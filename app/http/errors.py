@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,49 +11,27 @@ from sqlalchemy import exc as db_errors
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from app.core.asgi import error_response
 from app.core.echo import ID_CHARS, clipped
-from app.core.errors import RateLimited, TuneForgeError
+from app.core.errors import TuneForgeError, envelope, invalid_fields
 
 log = logging.getLogger("tuneforge.http")
 
 _STATUS_TYPES = {401: "invalid_request_error", 404: "invalid_request_error", 405: "invalid_request_error"}
 
 
-def envelope(message: str, error_type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
-
-
 def request_id_of(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", ""))
 
 
-def _param_from_loc(loc: Any) -> str | None:
-    parts = [clipped(str(p)) for p in loc if p not in ("body", "query", "path", "header", "form")]
-    return clipped(".".join(parts), ID_CHARS) or None
-
-
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TuneForgeError)
-    headers = {"x-request-id": request_id_of(request)}
-    if isinstance(exc, RateLimited):
-        headers["retry-after"] = f"{exc.retry_after:g}"
-    return JSONResponse(
-        envelope(exc.message, exc.error_type, exc.param, exc.code),
-        status_code=exc.status_code,
-        headers=headers,
-    )
+    return error_response(exc, {"x-request-id": request_id_of(request)})
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "Invalid request"}
-    param = _param_from_loc(first.get("loc", ()))
-    message = clipped(f"{first.get('msg', 'Invalid value')}", 200) + (f" - '{param}'" if param else "")
-    return JSONResponse(
-        envelope(message, "invalid_request_error", param, "invalid_value"),
-        status_code=400,
-        headers={"x-request-id": request_id_of(request)},
-    )
+    return error_response(invalid_fields(exc.errors()), {"x-request-id": request_id_of(request)})
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -1,8 +1,7 @@
-"""The served OpenAPI document: bearer auth, the error envelope on every status we answer, request bodies.
+"""The served OpenAPI document: bearer auth, and the error envelope on every status each operation answers.
 
-The routes read their bodies themselves (streamed multipart, strict JSON), so FastAPI cannot infer the
-request schemas; they are declared here, in OpenAI's field names, so clients, `/docs` and the schema fuzzer
-see what each operation takes.
+Request and response bodies come from the wire models (app/wire); this adds what FastAPI cannot infer:
+the security scheme, error answers in OpenAI's envelope, bounds that are settings, and non-JSON answers.
 """
 
 from __future__ import annotations
@@ -12,22 +11,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-ERROR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["message", "type", "param", "code"],
-            "properties": {
-                "message": {"type": "string"},
-                "type": {"type": "string"},
-                "param": {"type": ["string", "null"]},
-                "code": {"type": ["string", "null"]},
-            },
-        }
-    },
-}
+from app.wire.base import json_schema
+from app.wire.errors import ErrorResponse
 
 # Statuses any /v1 call may answer: bad input, no key, unknown id, body too slow or too large, database down.
 COMMON_ERRORS = {
@@ -47,123 +32,9 @@ INFERENCE_ERRORS = {
     "502": "The inference backend answered badly.",
     "504": "The inference backend did not answer in time.",
 }
-
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-_HYPERPARAMETER = {"oneOf": [{"type": "string", "enum": ["auto"]}, {"type": "number"}]}
-_MESSAGE = {
-    "type": "object",
-    "required": ["role"],
-    "properties": {
-        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
-        "content": {"type": ["string", "null"]},
-        "name": {"type": "string"},
-    },
-}
-_SAMPLING = {
-    "model": {"type": "string", "minLength": 1},
-    "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
-    "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-    "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 128},
-    "max_tokens": {"type": ["integer", "null"], "minimum": 1},
-    "seed": {"type": ["integer", "null"], "minimum": INT64_MIN, "maximum": INT64_MAX},
-    "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "null"}]},
-    "stream": {"type": ["boolean", "null"]},
-    "stream_options": {
-        "type": ["object", "null"],
-        "properties": {"include_usage": {"type": "boolean"}},
-    },
-    "user": {"type": "string"},
-}
-REQUEST_BODIES: dict[tuple[str, str], dict[str, Any]] = {
-    ("post", "/v1/files"): {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "required": ["file", "purpose"],
-                "properties": {
-                    "file": {"type": "string", "format": "binary"},
-                    "purpose": {"type": "string", "enum": ["fine-tune", "batch", "assistants", "user_data", "evals"]},
-                    "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
-                    "expires_after[seconds]": {"type": "integer", "minimum": 3600, "maximum": 2592000},
-                },
-            }
-        }
-    },
-    ("post", "/v1/fine_tuning/jobs"): {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "required": ["model", "training_file"],
-                "properties": {
-                    "model": {"type": "string", "minLength": 1},
-                    "training_file": {"type": "string", "minLength": 1},
-                    "validation_file": {"type": ["string", "null"], "minLength": 1},
-                    "suffix": {"type": ["string", "null"], "minLength": 1, "maxLength": 64},
-                    "seed": {"type": ["integer", "null"], "minimum": 0, "maximum": 2**31 - 1},
-                    "metadata": {
-                        "type": ["object", "null"],
-                        "maxProperties": 16,
-                        "additionalProperties": {"type": "string", "maxLength": 512},
-                    },
-                    "hyperparameters": {
-                        "type": "object",
-                        "properties": {
-                            "batch_size": _HYPERPARAMETER,
-                            "learning_rate_multiplier": _HYPERPARAMETER,
-                            "n_epochs": _HYPERPARAMETER,
-                        },
-                    },
-                    "method": {
-                        "type": "object",
-                        "required": ["type"],
-                        "properties": {
-                            "type": {"type": "string", "enum": ["supervised", "dpo", "reinforcement"]},
-                            "supervised": {"type": "object"},
-                            "dpo": {"type": "object"},
-                        },
-                    },
-                    "integrations": {"type": ["array", "null"], "items": {"type": "object"}},
-                },
-            }
-        }
-    },
-    ("post", "/v1/chat/completions"): {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "required": ["model", "messages"],
-                "properties": {
-                    **_SAMPLING,
-                    "messages": {"type": "array", "minItems": 1, "items": _MESSAGE},
-                    "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
-                },
-            }
-        }
-    },
-    ("post", "/v1/completions"): {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "required": ["model", "prompt"],
-                "properties": {
-                    **_SAMPLING,
-                    "prompt": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-                },
-            }
-        }
-    },
-}
 # Successful answers that are not JSON.
 SUCCESS_CONTENT: dict[tuple[str, str], dict[str, Any]] = {
     ("get", "/v1/files/{file_id}/content"): {"application/octet-stream": {"schema": {"type": "string"}}},
-    ("post", "/v1/chat/completions"): {
-        "application/json": {"schema": {"type": "object"}},
-        "text/event-stream": {"schema": {"type": "string"}},
-    },
-    ("post", "/v1/completions"): {
-        "application/json": {"schema": {"type": "object"}},
-        "text/event-stream": {"schema": {"type": "string"}},
-    },
 }
 
 
@@ -175,7 +46,7 @@ def _error_response(description: str) -> dict[str, Any]:
 
 
 def _document_parameters(operation: dict[str, Any], list_limit_max: int) -> None:
-    """Bounds the routes check by hand (settings-driven), stated so that clients know them up front."""
+    """Bounds the use cases check (settings-driven, or strings parsed by hand), stated for clients up front."""
     for parameter in operation.get("parameters", []):
         schema = parameter.get("schema", {})
         if parameter.get("name") == "limit" and parameter.get("in") == "query":
@@ -188,9 +59,7 @@ def _document_parameters(operation: dict[str, Any], list_limit_max: int) -> None
             parameter["schema"] = {"type": "integer", "minimum": 8, "maximum": 131072}
 
 
-def _document_operation(path: str, method: str, operation: dict[str, Any]) -> None:
-    responses: dict[str, Any] = operation.setdefault("responses", {})
-    responses.pop("422", None)  # FastAPI's validation schema: we answer 400 in OpenAI's envelope instead
+def _errors_of(path: str, method: str) -> dict[str, str]:
     errors = dict(COMMON_ERRORS)
     if method == "post" and path in ("/v1/files", "/v1/fine_tuning/jobs"):
         errors.update(IDEMPOTENT_ERRORS)
@@ -198,19 +67,23 @@ def _document_operation(path: str, method: str, operation: dict[str, Any]) -> No
         errors.update(INFERENCE_ERRORS)
     if method == "delete" and path.startswith("/v1/models/"):
         errors["403"] = "Base models cannot be deleted."
-    for status, description in errors.items():
+    return errors
+
+
+def _document_operation(path: str, method: str, operation: dict[str, Any]) -> None:
+    responses: dict[str, Any] = operation.setdefault("responses", {})
+    responses.pop("422", None)  # FastAPI's validation schema: we answer 400 in OpenAI's envelope instead
+    for status, description in _errors_of(path, method).items():
         responses[status] = _error_response(description)
     if (method, path) in SUCCESS_CONTENT:
         responses.setdefault("200", {"description": "Successful Response"})["content"] = SUCCESS_CONTENT[(method, path)]
-    if (method, path) in REQUEST_BODIES:
-        operation["requestBody"] = {"required": True, "content": REQUEST_BODIES[(method, path)]}
     operation["security"] = [{"bearerAuth": []}]
 
 
 def build_openapi(app: FastAPI, list_limit_max: int) -> dict[str, Any]:
     document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     components = document.setdefault("components", {})
-    components.setdefault("schemas", {})["ErrorResponse"] = ERROR_SCHEMA
+    components.setdefault("schemas", {})["ErrorResponse"] = json_schema(ErrorResponse, mode="serialization")
     for name in ("HTTPValidationError", "ValidationError"):
         components["schemas"].pop(name, None)
     components["securitySchemes"] = {
@@ -235,4 +108,4 @@ def install_openapi(app: FastAPI, list_limit_max: int) -> None:
             app.openapi_schema = build_openapi(app, list_limit_max)
         return app.openapi_schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = openapi  # type: ignore[method-assign]  # reason: FastAPI's documented way to customise it

@@ -12,8 +12,7 @@ from app.db.models import StoredFile
 from engine.formats.doctor import DoctorLimits, diagnose
 from engine.formats.doctor_report import DoctorReport
 from engine.formats.tokenizer import text_tokenizer_for
-from engine.hparams import auto_n_epochs
-from engine.spec import Hyperparameters
+from engine.spec import Hyperparameters, auto_n_epochs
 
 _DEFAULTS = Hyperparameters()
 

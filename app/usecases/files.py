@@ -2,26 +2,35 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
+from pydantic import ValidationError
 from sqlalchemy import or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from app.core.echo import clipped
 from app.core.errors import InvalidRequest, not_found
 from app.core.ids import new_id, now_ns, ns_to_s
+from app.core.json_body import parse_json_body
 from app.core.settings import Settings
 from app.core.storage import BlobStore, IncomingBlob
 from app.db.models import FineTuningJob, StoredFile
+from app.db.session import Database
+from app.usecases import doctor as doctor_uc
+from app.usecases.idempotency import body_hash, check_key, run_once
 from app.usecases.jobs.state import TERMINAL
+from app.usecases.paging import Slice
+from app.wire.base import refusal
+from app.wire.files import EXPIRY_MAX_S, EXPIRY_MIN_S, FileExpiresAfter, FileObject, FileReport, UploadPurpose
 from engine.formats import DatasetChecker
 
-UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+UPLOAD_PURPOSES: tuple[str, ...] = get_args(UploadPurpose)
 INTERNAL_PURPOSES = ("fine-tune-results",)
-EXPIRY_MIN_S, EXPIRY_MAX_S = 3600, 2_592_000
+UPLOAD_ROUTE = "POST /v1/files"
 BATCH_DEFAULT_EXPIRY_S = 30 * 24 * 3600
 _UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
@@ -59,12 +68,39 @@ def parse_expires_after(anchor: str | None, seconds: str | None) -> ExpiresAfter
     return ExpiresAfter(anchor=anchor, seconds=value)
 
 
+def form_expires_after(fields: dict[str, str]) -> ExpiresAfter | None:
+    """`expires_after` as the SDK sends it (`expires_after[anchor]`, `expires_after[seconds]`) or as one JSON part."""
+    if "expires_after" not in fields:
+        return parse_expires_after(fields.get("expires_after[anchor]"), fields.get("expires_after[seconds]"))
+    if "expires_after[anchor]" in fields or "expires_after[seconds]" in fields:
+        raise InvalidRequest("Send expires_after once: as JSON or as its two bracketed fields.", param="expires_after")
+    try:
+        value = FileExpiresAfter.model_validate(parse_json_body(fields["expires_after"].encode()), strict=True)
+    except ValidationError as err:
+        raise refusal(err, prefix="expires_after") from None
+    return ExpiresAfter(anchor=value.anchor, seconds=value.seconds)
+
+
 def validate_purpose(purpose: str | None) -> str:
     if not purpose:
         raise InvalidRequest("'purpose' is a required property", param="purpose")
     if purpose not in UPLOAD_PURPOSES:
         raise InvalidRequest(f"'{clipped(purpose)}' is not one of {list(UPLOAD_PURPOSES)} - 'purpose'", param="purpose")
     return purpose
+
+
+def file_object(row: StoredFile) -> FileObject:
+    """The wire shape of a stored file, exactly as OpenAI's SDK expects it."""
+    return FileObject(
+        id=row.id,
+        bytes=row.bytes,
+        created_at=ns_to_s(row.created_ns),
+        filename=row.filename,
+        purpose=row.purpose,  # type: ignore[arg-type]  # reason: rows are written with checked purposes only
+        status=row.status,  # type: ignore[arg-type]  # reason: rows are written as "processed" only
+        status_details=row.status_details,
+        expires_at=row.expires_at,
+    )
 
 
 class FileUpload:
@@ -75,6 +111,7 @@ class FileUpload:
         self._blob: IncomingBlob = storage.begin(settings.max_upload_bytes)
         self._checker: DatasetChecker | None = None
         self._check_started_late = False
+        self._content = hashlib.sha256()  # identifies the request for Idempotency-Key
 
     def check_as_dataset(self) -> None:
         """Check while streaming; must be called before the first byte, else the check runs after upload."""
@@ -92,12 +129,17 @@ class FileUpload:
 
     def write(self, chunk: bytes) -> None:
         self._blob.write(chunk)
+        self._content.update(chunk)
         if self._checker is not None:
             self._checker.feed(chunk)
 
     @property
     def size(self) -> int:
         return self._blob.size
+
+    @property
+    def content_sha256(self) -> str:
+        return self._content.hexdigest()
 
     def abort(self) -> None:
         self._blob.abort()
@@ -150,6 +192,53 @@ class FileUpload:
         return row
 
 
+@dataclass(frozen=True)
+class UploadedForm:
+    """What the multipart parser read besides the file's bytes."""
+
+    fields: dict[str, str]
+    filename: str | None
+    file_seen: bool
+
+
+def store_upload(
+    db: Database,
+    storage: BlobStore,
+    project_id: str,
+    upload: FileUpload,
+    form: UploadedForm,
+    idempotency_key: str | None,
+) -> FileObject:
+    """Check the form's fields, then store the streamed upload once per Idempotency-Key; aborts it on refusal."""
+    fields, filename = form.fields, form.filename
+    try:
+        if not form.file_seen:
+            raise InvalidRequest("'file' is a required property", param="file")
+        purpose = validate_purpose(fields.get("purpose"))
+        expires = form_expires_after(fields)
+        key = check_key(idempotency_key)
+        digest = body_hash(UPLOAD_ROUTE, [purpose, filename, upload.content_sha256, expires])
+        stored: list[str] = []
+
+        def create(session: Session) -> str:
+            row = upload.finish(session, storage, project_id, purpose, filename, expires)
+            stored.append(row.storage_key)
+            return row.id
+
+        def undo() -> None:
+            # Lost an idempotency race: drop our bytes, the first request's file stands.
+            for storage_key in stored:
+                storage.delete(storage_key)
+            upload.abort()
+
+        outcome = run_once(db, project_id, key, UPLOAD_ROUTE, digest, create, undo)
+        with db.session() as session:
+            return file_object(get_file(session, project_id, outcome.object_id))
+    except BaseException:
+        upload.abort()
+        raise
+
+
 def _blocking_message(report: dict[str, Any] | None) -> str | None:
     if report is None or report.get("can_train"):
         return None
@@ -186,12 +275,6 @@ def get_file(session: Session, project_id: str, file_id: str) -> StoredFile:
     return row
 
 
-@dataclass(frozen=True)
-class FilePage:
-    items: list[StoredFile]
-    has_more: bool
-
-
 def list_files(
     session: Session,
     project_id: str,
@@ -200,7 +283,7 @@ def list_files(
     limit: int,
     after: str | None,
     order: str,
-) -> FilePage:
+) -> Slice[StoredFile]:
     query = select(StoredFile).where(StoredFile.project_id == project_id)
     if purpose:
         query = query.where(StoredFile.purpose == purpose)
@@ -209,14 +292,14 @@ def list_files(
         cursor = session.get(StoredFile, after)
         if cursor is None or cursor.project_id != project_id:
             raise not_found("File", after, param="after")
-        bound = tuple_(cursor.created_ns, cursor.id)  # type: ignore[arg-type]
+        bound = tuple_(cursor.created_ns, cursor.id)
         query = query.where(sort_key < bound if order == "desc" else sort_key > bound)
     if order == "desc":
         query = query.order_by(StoredFile.created_ns.desc(), StoredFile.id.desc())
     else:
         query = query.order_by(StoredFile.created_ns.asc(), StoredFile.id.asc())
     rows = list(session.scalars(query.limit(limit + 1)))
-    return FilePage(items=rows[:limit], has_more=len(rows) > limit)
+    return Slice.of(rows, limit)
 
 
 def delete_file(session: Session, project_id: str, file_id: str) -> str:
@@ -246,6 +329,23 @@ def delete_file(session: Session, project_id: str, file_id: str) -> str:
     session.delete(row)
     session.flush()
     return row.storage_key
+
+
+def file_report(
+    db: Database,
+    settings: Settings,
+    storage: BlobStore,
+    project_id: str,
+    file_id: str,
+    query: doctor_uc.ReportQuery,
+) -> FileReport:
+    """The dataset check stored at upload, plus the doctor's token report for the queried model."""
+    with db.session() as session:
+        report = get_report(session, project_id, file_id)
+        row = get_file(session, project_id, file_id)
+        session.expunge(row)
+    tokens = doctor_uc.token_report(settings, storage, row, query)
+    return FileReport.model_validate({**report, "id": file_id, "tokens": tokens})
 
 
 def get_report(session: Session, project_id: str, file_id: str) -> dict[str, Any]:

@@ -12,6 +12,9 @@ from app.core.errors import Forbidden, InvalidRequest, model_not_found
 from app.core.ids import now_ns, ns_to_s
 from app.core.settings import Settings
 from app.db.models import RegisteredModel
+from app.db.session import Database
+from app.gateway.backends import BackendRegistry
+from app.wire.models import ModelDeleted, ModelObject
 
 BASE_OWNER = "system"
 
@@ -33,6 +36,10 @@ class InferenceTarget:
     model_id: str
     base_model: str
     adapter_dir: str | None
+
+
+def model_object(info: ModelInfo) -> ModelObject:
+    return ModelObject(id=info.id, created=info.created, owned_by=info.owned_by)
 
 
 def base_models(settings: Settings) -> list[ModelInfo]:
@@ -101,3 +108,15 @@ def resolve_for_inference(
 ) -> InferenceTarget:
     info = get_model(session, settings, project_id, project_name, model_id)
     return InferenceTarget(model_id=info.id, base_model=info.base_model, adapter_dir=info.artifact_dir)
+
+
+async def delete_and_forget(
+    db: Database, settings: Settings, backends: BackendRegistry, project_id: str, project_name: str, model_id: str
+) -> ModelDeleted:
+    """Delete the model, then make every backend of its base drop the adapter it may hold."""
+    with db.session() as session:
+        info = delete_model(session, settings, project_id, project_name, model_id)
+    for backend in backends.all():
+        if backend.base_model == info.base_model:
+            await backend.forget_adapter(info.id)
+    return ModelDeleted(id=model_id, deleted=True)

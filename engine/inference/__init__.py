@@ -3,7 +3,7 @@
 from engine.inference.asyncio_engine import AsyncEngine
 from engine.inference.engine import EngineSettings, GenerationEngine
 from engine.inference.loading import LoadedBase, load_base
-from engine.inference.manifest import AdapterManifest, BaseIdentity
+from engine.inference.manifest import BaseIdentity
 from engine.inference.prompting import render_chat
 from engine.inference.types import (
     AdapterMismatchError,
@@ -13,9 +13,10 @@ from engine.inference.types import (
     EngineError,
     SamplingParams,
 )
+from engine.manifest import ArtifactManifest
 
 __all__ = [
-    "AdapterManifest",
+    "ArtifactManifest",
     "AdapterMismatchError",
     "AdapterNotFoundError",
     "AsyncEngine",

@@ -12,8 +12,9 @@ from typing import Any
 from peft import PeftModel
 
 from engine.inference.lora_batch import StackedLoRA, UnsupportedAdapter
-from engine.inference.manifest import AdapterManifest, BaseIdentity, check_manifest, read_manifest
+from engine.inference.manifest import BaseIdentity, check_manifest, read_manifest
 from engine.inference.types import AdapterMismatchError, AdapterNotFoundError
+from engine.manifest import ArtifactManifest
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ class AdapterEntry:
 
     name: str
     path: Path
-    manifest: AdapterManifest
+    manifest: ArtifactManifest
 
 
 class AdapterRegistry:
@@ -43,14 +44,7 @@ class AdapterRegistry:
             raise AdapterMismatchError(f"adapter {name!r} is not a PEFT adapter (no adapter_config.json)")
         if not (directory / "adapter_model.safetensors").is_file():
             raise AdapterMismatchError(f"adapter {name!r} has no adapter_model.safetensors (only safetensors load)")
-        try:
-            manifest = read_manifest(directory)
-        except AdapterMismatchError:
-            raise AdapterMismatchError(
-                f"adapter {name!r} has no manifest.json, or one that is not a JSON object; refusing to serve it"
-            ) from None
-        except (ValueError, TypeError):  # invalid JSON, or stop ids that are not integers
-            raise AdapterMismatchError(f"adapter {name!r} has an unreadable manifest.json") from None
+        manifest = read_manifest(directory, name)  # missing, unreadable, incomplete or naming a server path
         check_manifest(manifest, self._base, name)
         entry = AdapterEntry(name=name, path=directory.resolve(), manifest=manifest)
         with self._lock:

@@ -331,7 +331,8 @@ class GenerationEngine:
             **kwargs,
         )
         # sampling runs on the CPU: per-request torch.Generator objects live there, and [B, V] is small
-        return out.logits[:, -1, :].float().cpu()
+        last: torch.Tensor = out.logits[:, -1, :].float().cpu()
+        return last
 
     def _prefill(self) -> None:
         # rows of equal prompt length prefill together with no padding, so a prompt's KV is the same alone or not

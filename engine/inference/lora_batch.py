@@ -49,7 +49,8 @@ class _Linear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         output = self.base(x)
-        return self.__dict__["_owner"].add_delta(self.__dict__["_stack"], x, output)
+        mixed: torch.Tensor = self.__dict__["_owner"].add_delta(self.__dict__["_stack"], x, output)
+        return mixed
 
 
 class StackedLoRA:

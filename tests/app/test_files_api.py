@@ -129,6 +129,20 @@ def test_bad_requests_use_the_error_envelope(server: Server) -> None:
             expires_after={"anchor": "created_at", "seconds": 5},
         )
     assert err.value.param == "expires_after[seconds]"
+    # The OpenAPI document's encoding: expires_after as one JSON part (schema clients send it so).
+    for part, status, param in (
+        ('{"anchor": "created_at", "seconds": 3600}', 200, None),
+        ("{}", 400, "expires_after.anchor"),
+        ('{"anchor": "created_at", "seconds": 5}', 400, "expires_after.seconds"),
+    ):
+        answer = httpx.post(
+            f"{server.base_url}/v1/files",
+            headers=headers,
+            data={"purpose": "batch", "expires_after": part},
+            files={"file": ("b.jsonl", b'{"custom_id": "1"}\n')},
+        )
+        assert answer.status_code == status, answer.text
+        assert status == 200 or answer.json()["error"]["param"] == param
     for limit in (0, 10_001):  # 10,000 is TUNEFORGE_LIST_LIMIT_MAX's default, as OpenAI documents
         too_many = httpx.get(f"{server.base_url}/v1/files", headers=headers, params={"limit": limit})
         assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "limit"

@@ -19,7 +19,9 @@ TIMEOUT = 300
 
 @pytest.fixture(scope="module")
 def cli_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(tmp_path_factory.mktemp("cli"), dict(FAST_ENV))
+    # No evaluation: no CLI output shows it (the engine and e2e tests cover it), and it adds two model
+    # measurements to every job.
+    server = start_server(tmp_path_factory.mktemp("cli"), {**FAST_ENV, "TUNEFORGE_EVAL_ENABLED": "false"})
     yield server
     server.stop()
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from engine import train
+from engine.events import EngineEvent, MetricsEvent
 from tests.engine.engine_helpers import secret_rows, spec, write_jsonl
 
 pytestmark = [
@@ -26,9 +27,9 @@ def test_lora_training_runs_on_cuda_in_bf16(tmp_path: Path) -> None:
     if torch.cuda.is_bf16_supported():
         assert next(model.parameters()).dtype == torch.bfloat16
     data = write_jsonl(tmp_path / "d.jsonl", secret_rows(20))
-    events: list[dict[str, object]] = []
+    events: list[EngineEvent] = []
     result = train(spec(tmp_path, data, hp={"n_epochs": 3}), events=events.append)
     assert result.status == "succeeded", result.error
-    losses = [float(e["train_loss"]) for e in events if e.get("type") == "metrics"]  # type: ignore[arg-type]
+    losses = [e.train_loss for e in events if isinstance(e, MetricsEvent)]
     assert losses and all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
     assert (Path(result.adapter_dir) / "adapter_model.safetensors").is_file()

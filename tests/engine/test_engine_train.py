@@ -30,8 +30,8 @@ from tests.engine.engine_helpers import (
 
 
 def _collect(s: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-    return train(s, events=events.append), events
+    events: list[dict[str, Any]] = []  # each event as it goes on the wire
+    return train(s, events=lambda e: events.append(e.to_wire())), events
 
 
 def test_lora_trains_adapter_only_and_writes_loadable_artifacts(tmp_path: Path) -> None:
@@ -61,8 +61,9 @@ def test_lora_trains_adapter_only_and_writes_loadable_artifacts(tmp_path: Path) 
     assert man["base_model"] == "tiny-chat" and man["base_model_sha256"] == base_before
     assert man["tokenizer_sha256"] == tokenizer_hash(tiny_chat_path())
     assert man["stop_tokens"] == ["<|im_end|>"] and "<|im_start|>" in man["chat_template"]
-    assert man["spec"]["training_file"] == str(data) and len(man["training_file_sha256"]) == 64
-    assert man["hyperparameters"]["total_steps"] == 4
+    assert "training_file" not in man["spec"] and len(man["training_file_sha256"]) == 64  # no server path
+    assert str(tmp_path) not in json.dumps(man)
+    assert man["spec"]["hyperparameters"]["total_steps"] == 4
 
     with open(res.metrics_csv, newline="") as fh:
         rows = list(csv.reader(fh))
@@ -187,7 +188,7 @@ def test_resume_from_checkpoint_is_exact(tmp_path: Path) -> None:
 def test_tampered_or_unsealed_checkpoint_is_refused(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", secret_rows(4))
     first, _ = _collect(spec(tmp_path, data, hp={"n_checkpoints": 1}))
-    ckpt = Path(first.checkpoint["path"])
+    ckpt = Path(first.checkpoint.path)
     bad = tmp_path / "bad"
     shutil.copytree(ckpt, bad)
     with (bad / "adapter_model.safetensors").open("r+b") as fh:
@@ -196,7 +197,7 @@ def test_tampered_or_unsealed_checkpoint_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError):
         verify_checkpoint(bad)
     res, _ = _collect(spec(tmp_path, data, output_dir=str(tmp_path / "o2"), resume_from=str(bad)))
-    assert res.status == "failed" and res.exit_code == 2 and res.error["code"] == "invalid_checkpoint"
+    assert res.status == "failed" and res.exit_code == 2 and res.error.code == "invalid_checkpoint"
     (bad / "MANIFEST.json").unlink()
     with pytest.raises(CheckpointError, match="MANIFEST"):
         verify_checkpoint(bad)
@@ -213,9 +214,9 @@ def test_divergence_fails_with_diagnosis_and_no_adapter(tmp_path: Path) -> None:
         )
     )
     assert res.status == "failed" and res.exit_code == 1
-    assert res.error["code"] in {"nan_loss", "exploding_gradients"}, res.error
-    assert "learning rate" in res.error["message"]
-    assert events[-1]["error"] == res.error
+    assert res.error.code in {"nan_loss", "exploding_gradients"}, res.error
+    assert "learning rate" in res.error.message
+    assert events[-1]["error"] == res.error.model_dump(exclude_unset=True)
     assert not (Path(res.output_dir) / "model").exists() and not (Path(res.output_dir) / "adapter").exists()
 
 
@@ -299,9 +300,9 @@ def test_bad_dataset_is_invalid(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{not json\n')
     res, _ = _collect(spec(tmp_path, bad))
-    assert res.exit_code == 2 and res.error["code"] == "invalid_dataset" and "line 2" in res.error["message"]
+    assert res.exit_code == 2 and res.error.code == "invalid_dataset" and "line 2" in res.error.message
     res, _ = _collect(spec(tmp_path, write_jsonl(tmp_path / "p.jsonl", preference_rows(2))))
-    assert res.exit_code == 2 and "supervised" in res.error["message"]
+    assert res.exit_code == 2 and "supervised" in res.error.message
 
 
 def test_only_the_newest_checkpoints_are_kept(tmp_path: Path) -> None:
@@ -311,7 +312,7 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path: Path) -> None:
     assert [e["step"] for e in events if e["type"] == "checkpoint"] == [1, 2, 3, 4]
     kept = sorted(p.name for p in (Path(res.output_dir) / "checkpoints").iterdir())
     assert kept == ["step-3", "step-4"]
-    assert res.checkpoint is not None and res.checkpoint["step"] == 4
+    assert res.checkpoint is not None and res.checkpoint.step == 4
     for name in kept:
         verify_checkpoint(Path(res.output_dir) / "checkpoints" / name)
 

@@ -17,8 +17,8 @@ from tests.engine.engine_helpers import secret_rows, spec, write_jsonl
 
 
 def _collect(s: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-    return train(s, events=events.append), events
+    events: list[dict[str, Any]] = []  # each event as it goes on the wire
+    return train(s, events=lambda e: events.append(e.to_wire())), events
 
 
 def test_answer_scores() -> None:
@@ -63,8 +63,8 @@ def test_validation_split_holds_out_a_seeded_share(tmp_path: Path) -> None:
     assert res.status == "succeeded", res.error
     started = next(e for e in events if e["type"] == "started")
     assert (started["n_examples"], started["n_validation_examples"], started["validation_source"]) == (16, 4, "split")
-    assert res.hyperparameters["total_steps"] == 4 and res.evaluation["valid_loss"]["base"] is not None
-    assert res.evaluation["generation"]["n"] == 4
+    assert res.hyperparameters["total_steps"] == 4 and res.evaluation.valid_loss.base is not None
+    assert res.evaluation.generation.n == 4
     again, _ = _collect(
         spec(
             tmp_path,
@@ -73,7 +73,7 @@ def test_validation_split_holds_out_a_seeded_share(tmp_path: Path) -> None:
             hp={"validation_split": 0.2, "n_epochs": 1, "batch_size": 4},
         )
     )
-    assert again.evaluation["valid_loss"] == res.evaluation["valid_loss"]  # the same examples held out
+    assert again.evaluation.valid_loss == res.evaluation.valid_loss  # the same examples held out
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -95,8 +95,8 @@ def test_best_checkpoint_is_kept_published_and_survives_resume(tmp_path: Path) -
     res, events = _collect(s)
     assert res.status == "succeeded", res.error
     summary = res.evaluation
-    best = summary["selected_step"]
-    assert summary["checkpoint_selection"] == "best" and best < summary["last_step"] == 120
+    best = summary.selected_step
+    assert summary.checkpoint_selection == "best" and best < summary.last_step == 120
     assert any(e.get("code") == "overfitting" for e in events if e["type"] == "message")
     valid_losses = {e["step"]: e["valid_loss"] for e in events if e["type"] == "metrics" and "valid_loss" in e}
     assert valid_losses[best] == min(valid_losses.values())
@@ -106,7 +106,7 @@ def test_best_checkpoint_is_kept_published_and_survives_resume(tmp_path: Path) -
     best_weights = _tensors(Path(res.output_dir) / "checkpoints" / f"step-{best}")
     assert all(torch.equal(published[k], best_weights[k]) for k in best_weights)
     assert json.loads((Path(res.adapter_dir) / "manifest.json").read_text())["step"] == best
-    assert res.final_metrics["full_valid_loss"] == summary["full_valid_loss"]
+    assert res.final_metrics["full_valid_loss"] == summary.full_valid_loss
     # A run resumed from the last checkpoint knows the base figures and the best checkpoint from before.
     resumed, _ = _collect(
         {
@@ -116,5 +116,5 @@ def test_best_checkpoint_is_kept_published_and_survives_resume(tmp_path: Path) -
         }
     )
     assert resumed.status == "succeeded", resumed.error
-    assert resumed.evaluation["selected_step"] == best
-    assert resumed.evaluation["valid_loss"]["base"] == summary["valid_loss"]["base"]
+    assert resumed.evaluation.selected_step == best
+    assert resumed.evaluation.valid_loss.base == summary.valid_loss.base

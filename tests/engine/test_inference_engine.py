@@ -19,8 +19,8 @@ from engine.inference.detok import IncrementalText
 from engine.inference.engine import EngineLoad, EngineSettings, GenerationEngine
 from engine.inference.loading import LoadedBase, load_base
 from engine.inference.prompting import render_chat
-from engine.inference.testing import build_random_base, make_adapter
 from engine.inference.types import AdapterMismatchError, EngineError, EngineShutdown, SamplingParams
+from tests.support.inference_testing import build_random_base, make_adapter
 
 torch.set_num_threads(2)
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -36,6 +36,8 @@ def map_path_parameters(context: Any, path_parameters: dict[str, Any] | None) ->
 def map_body(context: Any, body: Any) -> Any:
     if isinstance(body, dict) and _half(body):
         for name in ("model", "training_file", "validation_file"):
-            if name in body and name in IDS:
+            # Only a schema-valid value is swapped: replacing a negative case's "" or 5 with a real id would turn
+            # a request schemathesis meant to be refused into a valid one (a false ST201).
+            if name in IDS and isinstance(body.get(name), str) and body[name]:
                 body[name] = IDS[name]
     return body

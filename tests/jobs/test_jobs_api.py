@@ -96,6 +96,20 @@ def test_upload_to_succeeded_through_the_sdk(jobs_server: Server) -> None:
     assert job.id not in [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "x"})]
     assert client.fine_tuning.jobs.retrieve(job.id).model_dump() == job.model_dump()
 
+    # Every knob echoed, resolved: the run's learning rate and evaluation interval, the engine's defaults.
+    final = job.method.supervised.hyperparameters.model_dump()  # type: ignore[union-attr]
+    assert final["lora_r"] == 4 and final["lr_scheduler"] == "linear" and final["tuning"] == "lora"
+    assert isinstance(final["learning_rate"], float) and isinstance(final["eval_interval"], int)
+    assert isinstance(final["learning_rate_multiplier"], float)
+    # Continuing from the fine-tuned model trains its adapter: a different shape is refused, not ignored.
+    other_shape = {"model": job.fine_tuned_model, "training_file": training.id, "method": tiny_method(lora_r=8)}
+    refused = post(jobs_server, "alpha", "/v1/fine_tuning/jobs", json=other_shape)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "method.supervised.hyperparameters.lora_r"
+    continued = client.fine_tuning.jobs.create(model=job.fine_tuned_model, training_file=training.id)
+    inherited = continued.method.supervised.hyperparameters.model_dump()  # type: ignore[union-attr]
+    assert (inherited["lora_r"], inherited["lora_alpha"]) == (4, 8)
+    client.fine_tuning.jobs.cancel(continued.id)
+
 
 def test_list_pagination_newest_first(jobs_server: Server) -> None:
     client = jobs_server.openai("pager")
@@ -145,7 +159,7 @@ def test_list_pagination_newest_first(jobs_server: Server) -> None:
             {
                 "model": "tiny-chat",
                 "training_file": "F",
-                "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 5}}},
+                "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 11}}},  # engine.spec: beta <= 10
             },
             "method.dpo.hyperparameters.beta",
         ),

@@ -18,6 +18,7 @@ from app.usecases.jobs import run as jobs_run
 from app.usecases.jobs.reaper import reap_expired
 from app.usecases.jobs.run import LeaseLost
 from app.usecases.keys import get_or_create_project
+from engine.events import CheckpointEvent, MetricsEvent, ResultEvent, StartedEvent
 from tests.conftest import _fresh_postgres
 
 
@@ -77,15 +78,17 @@ def test_stale_attempt_writes_are_refused(db: Database, tmp_path: Path) -> None:
     owner = jobs_run.claim(db, job_id, "worker-b", lease_seconds=30)
     assert owner is not None and owner.attempt == 2
 
-    checkpoint = {"type": "checkpoint", "step": 4, "path": str(tmp_path), "sha256": "0" * 64, "metrics": {}}
-    metrics = {"type": "metrics", "step": 5, "total_steps": 10, "train_loss": 1.0}
-    result = {"status": "succeeded", "adapter_dir": str(tmp_path), "trained_tokens": 10}
+    checkpoint = CheckpointEvent(step=4, path=str(tmp_path), sha256="0" * 64, metrics={})
+    metrics = MetricsEvent(step=5, total_steps=10, train_loss=1.0)
+    result = ResultEvent(status="succeeded", adapter_dir=str(tmp_path), trained_tokens=10)
     storage = BlobStore(tmp_path / "blobs")
     refused = [
         lambda: jobs_run.heartbeat(db, job_id, 1, 30),
         lambda: jobs_run.record_checkpoint(db, job_id, 1, checkpoint),
         lambda: jobs_run.record_metrics(db, job_id, 1, metrics),
-        lambda: jobs_run.record_started(db, job_id, 1, {"hyperparameters": {"n_epochs": 9}}),
+        lambda: jobs_run.record_started(
+            db, job_id, 1, StartedEvent(hyperparameters={"n_epochs": 9}, total_steps=9, n_examples=1)
+        ),
         lambda: jobs_run.finish_succeeded(db, storage, job_id, 1, result),
         lambda: jobs_run.finish_failed(db, job_id, 1, {"code": "x", "message": "y"}),
         lambda: jobs_run.finish_paused(db, job_id, 1),

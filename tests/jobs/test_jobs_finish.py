@@ -16,11 +16,12 @@ from app.db.session import Database
 from app.usecases.jobs import control
 from app.usecases.jobs import run as jobs_run
 from app.usecases.jobs.events import kinds
+from engine.events import CheckpointEvent, ResultEvent, StartedEvent
 from tests.conftest import _fresh_postgres
 from tests.jobs.test_jobs_fencing import _queued_job
 from worker.retention import prune_earlier_runs
 
-RESULT = {"status": "succeeded", "adapter_dir": "", "trained_tokens": 10}
+RESULT = ResultEvent(status="succeeded", adapter_dir="", trained_tokens=10)
 
 
 @pytest.fixture
@@ -66,10 +67,10 @@ def test_a_run_that_completes_after_the_api_answered_keeps_that_answer(
     job_id, project_id = _running(db)
     ckpt = tmp_path / "step-10"
     ckpt.mkdir()
-    event = {"type": "checkpoint", "step": 10, "path": str(ckpt), "sha256": "0" * 64, "metrics": {}}
+    event = CheckpointEvent(step=10, path=str(ckpt), sha256="0" * 64, metrics={})
     jobs_run.record_checkpoint(db, job_id, 1, event)  # the final step, as the engine always writes it
     assert _ask(db, action, job_id, project_id) == answered
-    result = {**RESULT, "adapter_dir": str(ckpt)}
+    result = RESULT.model_copy(update={"adapter_dir": str(ckpt)})
     assert jobs_run.finish_succeeded(db, BlobStore(tmp_path / "blobs"), job_id, 1, result) == final
     job = _status(db, job_id)
     assert (job.status, job.fine_tuned_model, job.result_files) == (final, None, [])
@@ -110,14 +111,9 @@ def test_retention_spans_runs_and_keeps_the_best_and_the_resume_point(db: Databa
     def checkpoint(attempt: int, step: int, valid_loss: float, best_step: int) -> list[str] | None:
         path = job_dir / f"run-{attempt}" / "output" / "checkpoints" / f"step-{step}"
         path.mkdir(parents=True)
-        event = {
-            "type": "checkpoint",
-            "step": step,
-            "path": str(path),
-            "sha256": "0" * 64,
-            "metrics": {"valid_loss": valid_loss},
-            "best_step": best_step,
-        }
+        event = CheckpointEvent(
+            step=step, path=str(path), sha256="0" * 64, metrics={"valid_loss": valid_loss}, best_step=best_step
+        )
         return jobs_run.record_checkpoint(db, job_id, attempt, event)
 
     def recorded() -> list[int]:
@@ -125,7 +121,9 @@ def test_retention_spans_runs_and_keeps_the_best_and_the_resume_point(db: Databa
             query = select(FineTuningCheckpoint.step).where(FineTuningCheckpoint.job_id == job_id)
             return sorted(session.scalars(query))
 
-    jobs_run.record_started(db, job_id, 1, {"hyperparameters": {"n_checkpoints": 2}, "total_steps": 20})
+    jobs_run.record_started(
+        db, job_id, 1, StartedEvent(hyperparameters={"n_checkpoints": 2}, total_steps=20, n_examples=40)
+    )
     checkpoint(1, 2, 0.5, best_step=2)
     checkpoint(1, 4, 0.9, best_step=2)
     checkpoint(1, 6, 0.8, best_step=2)
@@ -136,7 +134,9 @@ def test_retention_spans_runs_and_keeps_the_best_and_the_resume_point(db: Databa
 
     resumed = jobs_run.claim(db, job_id, "w", lease_seconds=60)
     assert resumed is not None and resumed.resume_step == 6
-    jobs_run.record_started(db, job_id, 2, {"hyperparameters": {"n_checkpoints": 2}, "total_steps": 20})
+    jobs_run.record_started(
+        db, job_id, 2, StartedEvent(hyperparameters={"n_checkpoints": 2}, total_steps=20, n_examples=40)
+    )
     run2 = job_dir / "run-2"
     kept = checkpoint(2, 8, 0.7, best_step=2)
     assert kept is not None and recorded() == [2, 6, 8]  # the resume point stays until a second newer one exists

@@ -17,7 +17,11 @@ def test_redis_restart_with_no_data_during_a_burst(job_backend: str, make_server
         pytest.skip("Redis is the cluster transport; the embedded default has no broker server")
     broker = PrivateRedis(tmp_path / "redis")  # this test's own server: the one it kills
     try:
-        server = make_server({"TUNEFORGE_WORKER_CONCURRENCY": "2"}, redis_handle=broker)
+        # No evaluation: this is about the queue (evaluation has its own tests), and it would add two model
+        # measurements to each of the 20 jobs.
+        server = make_server(
+            {"TUNEFORGE_WORKER_CONCURRENCY": "2", "TUNEFORGE_EVAL_ENABLED": "false"}, redis_handle=broker
+        )
         client = server.openai("burst", max_retries=0)  # any error answer would fail the test, not be retried
         file_id = client.files.create(file=("t.jsonl", chat_lines(10)), purpose="fine-tune").id
         ids: list[str] = []

@@ -14,11 +14,11 @@ import openai
 import pytest
 import torch
 
-from engine.inference.testing import build_random_base, make_adapter
 from serve.app import create_app
-from serve.protocol import BackendError, InferenceClient
+from serve.client import BackendError, InferenceClient
 from serve.settings import ServeSettings
 from tests.serve.servers import Server
+from tests.support.inference_testing import build_random_base, make_adapter
 
 torch.set_num_threads(2)
 BASE = "test-base"
@@ -207,9 +207,9 @@ def test_concurrency_per_key_is_429_with_retry_after_and_a_disconnect_frees_the_
         assert other.choices
     # the client hung up mid-stream: its rows and its key's slot must come free
     deadline = time.monotonic() + 60
-    while (service.limiter.in_flight.get("k-busy") or service.engine.active_sequences) and time.monotonic() < deadline:
+    while (service.limiter.in_flight("k-busy") or service.engine.active_sequences) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert service.limiter.in_flight.get("k-busy", 0) == 0
+    assert service.limiter.in_flight("k-busy") == 0
     assert service.engine.active_sequences == 0
     assert service.engine.aborted_rows == aborted_before + 1  # stopped early, not run to max_tokens
     again = sdk(server, "k-busy").chat.completions.create(model=FT, messages=MSGS, max_tokens=2)

@@ -24,13 +24,13 @@ import httpx
 import pytest
 import torch
 
-import serve.app as serve_app
+import serve.answers as serve_answers
 from engine.inference.engine import GenerationEngine
-from engine.inference.testing import build_random_base, make_adapter
 from serve.app import create_app
 from serve.service import InferenceService
 from serve.settings import ServeSettings
 from tests.serve.servers import Server, free_port, open_stuck_requests, sigterm_once
+from tests.support.inference_testing import build_random_base, make_adapter
 
 torch.set_num_threads(2)
 BASE = "fault-base"
@@ -115,7 +115,7 @@ def _inject(stage: str, stream: bool, server: Server, world: dict[str, Path], mo
 
         monkeypatch.setattr(engine, "_forward", fail_forward)
     elif stage == "writing" and stream:
-        real_sse = serve_app.sse
+        real_sse = serve_answers.sse
         calls = 0
 
         def broken_sse(payload: Any) -> str:
@@ -125,13 +125,13 @@ def _inject(stage: str, stream: bool, server: Server, world: dict[str, Path], mo
                 raise RuntimeError(secret)
             return real_sse(payload)
 
-        monkeypatch.setattr(serve_app, "sse", broken_sse)
+        monkeypatch.setattr(serve_answers, "sse", broken_sse)
     elif stage == "writing":
 
-        def broken_usage(*_: Any) -> dict[str, Any]:
+        def broken_usage(*_: Any) -> Any:
             raise RuntimeError(secret)
 
-        monkeypatch.setattr(serve_app, "_usage", broken_usage)
+        monkeypatch.setattr(serve_answers, "_usage", broken_usage)
     elif stage == "disconnect":
         _slow_decode(engine, monkeypatch)
 
@@ -163,7 +163,7 @@ def _settled(server: Server, timeout: float = ANSWER_S) -> None:
     deadline = time.monotonic() + timeout
     while True:
         load = service.engine.load()
-        held = dict(service.limiter.in_flight)
+        held = service.limiter.held()
         idle = not held and load.active_sequences == load.starting_sequences == load.pending_requests == 0
         if idle and load.pinned_adapters == 0 and load.kv_rows == 0:
             return

@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
+from app.core.errors import TuneForgeError
 from engine import train
 from engine.chat import render
 from engine.inference.loading import load_base
-from serve.errors import APIError
+from serve.protocol import ChatMessage
 from serve.service import InferenceService
 from serve.settings import ServeSettings
 from tests.engine.engine_helpers import data_dir, secret_rows, spec, tiny_chat_path, write_jsonl
@@ -41,7 +42,7 @@ def test_serving_prompt_is_the_training_prefix_of_the_same_conversation(adapter:
     assert target.chat_template == base.tokenizer.chat_template  # pinned in the adapter's manifest
 
     trained_ids, labels = render(base.tokenizer, CONVERSATION)
-    served_ids = service.chat_prompt(target, CONVERSATION[:-1])
+    served_ids = service.chat_prompt(target, [ChatMessage.model_validate(m) for m in CONVERSATION[:-1]])
     assert trained_ids[: len(served_ids)] == served_ids
     # What training taught the model to produce right after that prompt is exactly the last answer.
     answer = [i for i, keep in zip(trained_ids[len(served_ids) :], labels[len(served_ids) :], strict=True) if keep]
@@ -60,6 +61,6 @@ def test_an_adapter_for_another_base_model_is_refused(adapter: Path, tmp_path: P
     (foreign / "manifest.json").write_text(json.dumps(manifest))
     base = load_base(str(tiny_chat_path()), data_dir())
     service = InferenceService(base, ServeSettings(), data_dir=tmp_path)
-    with pytest.raises(APIError) as err:
+    with pytest.raises(TuneForgeError) as err:
         service.load_adapter("ft:foreign", str(foreign))
-    assert err.value.status == 400 and err.value.code == "adapter_mismatch"
+    assert err.value.status_code == 400 and err.value.code == "adapter_mismatch"

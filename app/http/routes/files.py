@@ -2,46 +2,36 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy.orm import Session
 
-from app.core.errors import InvalidRequest
 from app.http.deps import get_caller, get_state
 from app.http.multipart_stream import FormLimits, StreamingForm
-from app.http.presenters import cursor_list, file_object
 from app.http.state import AppState
 from app.usecases import doctor as doctor_uc
 from app.usecases import files as files_uc
-from app.usecases.idempotency import body_hash, check_key, run_once
 from app.usecases.keys import Caller
+from app.usecases.paging import check_limit
+from app.wire.base import request_body
+from app.wire.files import FileDeleted, FileObject, FileReport, FileUploadForm
+from app.wire.page import CursorPage
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 
-@router.post("")
-async def create_file(
-    request: Request, state: AppState = Depends(get_state), caller: Caller = Depends(get_caller)
-) -> dict[str, Any]:
-    """Upload a file (multipart: `purpose`, `file`); streamed to storage under the size cap."""
-    upload = files_uc.FileUpload(state.storage, state.settings)
+async def _read_form(request: Request, state: AppState, upload: files_uc.FileUpload) -> files_uc.UploadedForm:
+    """Stream the multipart body into the upload; fine-tune files are checked while they stream."""
     form: StreamingForm | None = None
-    content_hash = hashlib.sha256()  # identifies the request for Idempotency-Key
-
-    def write(chunk: bytes) -> None:
-        upload.write(chunk)
-        content_hash.update(chunk)
 
     def on_file_start(_filename: str | None) -> Callable[[bytes], None]:
         assert form is not None
         if form.fields.get("purpose") == "fine-tune":
             upload.check_as_dataset()
-        return write
+        return upload.write
 
     try:
         limits = FormLimits.from_settings(state.settings)
@@ -54,38 +44,26 @@ async def create_file(
         # The body guard drains what the client is still sending before the error answer goes out.
         upload.abort()
         raise
-    try:
-        if not form.file_seen:
-            raise InvalidRequest("'file' is a required property", param="file")
-        purpose = files_uc.validate_purpose(form.fields.get("purpose"))
-        expires = files_uc.parse_expires_after(
-            form.fields.get("expires_after[anchor]"), form.fields.get("expires_after[seconds]")
-        )
+    return files_uc.UploadedForm(fields=dict(form.fields), filename=form.filename, file_seen=form.file_seen)
 
-        key = check_key(request.headers.get("idempotency-key"))
-        digest = body_hash("POST /v1/files", [purpose, form.filename, content_hash.hexdigest(), expires])
-        stored: dict[str, str] = {}
 
-        def create(session: Session) -> str:
-            row = upload.finish(session, state.storage, caller.project_id, purpose, form.filename, expires)
-            stored["key"] = row.storage_key
-            return row.id
+_UPLOAD_BODY = request_body(FileUploadForm, "multipart/form-data")
+_UPLOAD_BODY["requestBody"]["content"]["multipart/form-data"]["encoding"] = {
+    "expires_after": {"contentType": "application/json"}
+}
 
-        def undo() -> None:
-            # Lost an idempotency race: drop our bytes, the first request's file stands.
-            if "key" in stored:
-                state.storage.delete(stored["key"])
-            upload.abort()
 
-        def store() -> dict[str, Any]:
-            outcome = run_once(state.db, caller.project_id, key, "POST /v1/files", digest, create, undo)
-            with state.db.session() as session:
-                return file_object(files_uc.get_file(session, caller.project_id, outcome.object_id))
-
-        return await anyio.to_thread.run_sync(store)
-    except BaseException:
-        upload.abort()
-        raise
+@router.post("", response_model=FileObject, openapi_extra=_UPLOAD_BODY)
+async def create_file(
+    request: Request, state: AppState = Depends(get_state), caller: Caller = Depends(get_caller)
+) -> FileObject:
+    """Upload a file (multipart: `purpose`, `file`); streamed to storage under the size cap."""
+    upload = files_uc.FileUpload(state.storage, state.settings)
+    form = await _read_form(request, state, upload)
+    key = request.headers.get("idempotency-key")
+    return await anyio.to_thread.run_sync(
+        lambda: files_uc.store_upload(state.db, state.storage, caller.project_id, upload, form, key)
+    )
 
 
 @router.get("")
@@ -96,33 +74,32 @@ def list_files(
     order: Literal["asc", "desc"] = "desc",
     state: AppState = Depends(get_state),
     caller: Caller = Depends(get_caller),
-) -> dict[str, Any]:
-    if limit > state.settings.list_limit_max:
-        raise InvalidRequest(f"limit must be at most {state.settings.list_limit_max}.", param="limit")
+) -> CursorPage[FileObject]:
+    check_limit(state.settings, limit)
     with state.db.session() as session:
         page = files_uc.list_files(session, caller.project_id, purpose=purpose, limit=limit, after=after, order=order)
-        return cursor_list([file_object(row) for row in page.items], page.has_more)
+        return CursorPage[FileObject].of([files_uc.file_object(row) for row in page.items], page.has_more)
 
 
 @router.get("/{file_id}")
 def retrieve_file(
     file_id: str, state: AppState = Depends(get_state), caller: Caller = Depends(get_caller)
-) -> dict[str, Any]:
+) -> FileObject:
     with state.db.session() as session:
-        return file_object(files_uc.get_file(session, caller.project_id, file_id))
+        return files_uc.file_object(files_uc.get_file(session, caller.project_id, file_id))
 
 
 @router.delete("/{file_id}")
 def delete_file(
     file_id: str, state: AppState = Depends(get_state), caller: Caller = Depends(get_caller)
-) -> dict[str, Any]:
+) -> FileDeleted:
     with state.db.session() as session:
         key = files_uc.delete_file(session, caller.project_id, file_id)
-    state.storage.delete(key)
-    return {"id": file_id, "object": "file", "deleted": True}
+    state.storage.delete(key)  # after the commit: a crash in between leaves an orphan blob, never a dangling row
+    return FileDeleted(id=file_id, deleted=True)
 
 
-@router.get("/{file_id}/content")
+@router.get("/{file_id}/content", response_class=StreamingResponse)
 def file_content(
     file_id: str, state: AppState = Depends(get_state), caller: Caller = Depends(get_caller)
 ) -> StreamingResponse:
@@ -143,12 +120,7 @@ def file_report(
     train_on_inputs: str | None = None,
     state: AppState = Depends(get_state),
     caller: Caller = Depends(get_caller),
-) -> dict[str, Any]:
+) -> FileReport:
     """TuneForge extension: the dataset check of a fine-tune file, plus the doctor's token report for `model`."""
     query = doctor_uc.parse_query(state.settings, model, max_seq_length, train_on_inputs)
-    with state.db.session() as session:
-        report = files_uc.get_report(session, caller.project_id, file_id)
-        row = files_uc.get_file(session, caller.project_id, file_id)
-        session.expunge(row)
-    tokens = doctor_uc.token_report(state.settings, state.storage, row, query)
-    return {"object": "file.report", "id": file_id, **report, "tokens": tokens}
+    return files_uc.file_report(state.db, state.settings, state.storage, caller.project_id, file_id, query)

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.errors import not_found
 from app.db.models import FineTuningCheckpoint
+from app.usecases.paging import Slice
 
 
-@dataclass(frozen=True)
-class CheckpointPage:
-    items: list[FineTuningCheckpoint]
-    has_more: bool
-
-
-def list_checkpoints(session: Session, job_id: str, *, after: str | None, limit: int) -> CheckpointPage:
+def list_checkpoints(session: Session, job_id: str, *, after: str | None, limit: int) -> Slice[FineTuningCheckpoint]:
     query = select(FineTuningCheckpoint).where(FineTuningCheckpoint.job_id == job_id)
     if after:
         cursor = session.get(FineTuningCheckpoint, after)
@@ -25,7 +18,7 @@ def list_checkpoints(session: Session, job_id: str, *, after: str | None, limit:
             raise not_found("fine_tuning.job.checkpoint", after, param="after")
         query = query.where(FineTuningCheckpoint.step < cursor.step)
     rows = list(session.scalars(query.order_by(FineTuningCheckpoint.step.desc()).limit(limit + 1)))
-    return CheckpointPage(items=rows[:limit], has_more=len(rows) > limit)
+    return Slice.of(rows, limit)
 
 
 def latest_checkpoint(session: Session, job_id: str) -> FineTuningCheckpoint | None:

@@ -4,61 +4,65 @@ from __future__ import annotations
 
 from typing import Any
 
-# Keys of an engine message event that may reach tenants: codes, steps, counts and figures, never paths.
-MESSAGE_DATA_KEYS = ("code", "step", "count", "lines", "file", "base", "tuned")
+from engine.events import BaseEvaluationEvent, EvaluationSummary, MessageEvent, Pair
+
+# Fields of an engine message event that may reach tenants: codes, steps, counts and figures, never paths.
+MESSAGE_DATA_KEYS = frozenset({"code", "step", "count", "lines", "file", "base", "tuned"})
+BASE_KEYS = ("valid_loss", "valid_mean_token_accuracy", "generation", "preference", "probes")
 
 
-def message_data(event: dict[str, Any]) -> dict[str, Any]:
+def message_data(event: MessageEvent) -> dict[str, Any]:
     """The tenant-visible data of an engine message event."""
-    return {k: event[k] for k in MESSAGE_DATA_KEYS if event.get(k) is not None}
+    return event.model_dump(mode="json", include=set(MESSAGE_DATA_KEYS), exclude_none=True)
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def base_figures(event: BaseEvaluationEvent) -> dict[str, Any]:
+    """The starting model's figures as the job stores them (null where not measured)."""
+    sent = event.model_dump(mode="json", exclude_unset=True)
+    return {k: sent.get(k) for k in BASE_KEYS}
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{float(value):.{digits}f}"
 
 
-def base_message(event: dict[str, Any]) -> str:
+def base_message(event: BaseEvaluationEvent) -> str:
     """`Base model before training: validation loss=..., ...`"""
     parts = []
-    if event.get("valid_loss") is not None:
-        parts.append(f"validation loss={_fmt(event['valid_loss'])}")
-    generation = event.get("generation") or {}
-    if generation.get("token_f1") is not None:
-        parts.append(f"answer token F1={_fmt(generation['token_f1'])} on {generation.get('n', 0)} examples")
-    preference = event.get("preference") or {}
-    if preference.get("accuracy") is not None:
-        parts.append(f"preference accuracy={_fmt(preference['accuracy'])}")
-    probes = event.get("probes") or {}
-    if probes.get("text_loss") is not None:
-        parts.append(f"general-text loss={_fmt(probes['text_loss'])}")
-    if probes.get("skills_mean") is not None:
-        parts.append(f"skill probes={_fmt(probes['skills_mean'], 2)} (chance 0.25)")
+    if event.valid_loss is not None:
+        parts.append(f"validation loss={_fmt(event.valid_loss)}")
+    if event.generation is not None:
+        parts.append(f"answer token F1={_fmt(event.generation.token_f1)} on {event.generation.n} examples")
+    if event.preference is not None:
+        parts.append(f"preference accuracy={_fmt(event.preference.accuracy)}")
+    if event.probes is not None:
+        parts.append(f"general-text loss={_fmt(event.probes.text_loss)}")
+        if event.probes.skills_mean is not None:
+            parts.append(f"skill probes={_fmt(event.probes.skills_mean, 2)} (chance 0.25)")
     return "Base model before training: " + (", ".join(parts) if parts else "no validation data or probes")
 
 
-def _change(name: str, pair: dict[str, Any] | None, digits: int = 3) -> str | None:
-    if not pair or pair.get("base") is None or pair.get("tuned") is None:
+def _change(name: str, pair: Pair[float] | None, digits: int = 3) -> str | None:
+    if pair is None or pair.base is None or pair.tuned is None:
         return None
-    return f"{name} {_fmt(pair['base'], digits)} -> {_fmt(pair['tuned'], digits)}"
+    return f"{name} {_fmt(pair.base, digits)} -> {_fmt(pair.tuned, digits)}"
 
 
-def summary_message(summary: dict[str, Any]) -> str:
+def summary_message(summary: EvaluationSummary) -> str:
     """`Evaluation of step N (best checkpoint): validation loss 3.1 -> 1.2, ...`"""
-    generation = summary.get("generation") or {}
-    preference = summary.get("preference") or {}
-    forgetting = summary.get("forgetting") or {}
+    generation, preference, forgetting = summary.generation, summary.preference, summary.forgetting
     parts = [
-        _change("validation loss", summary.get("valid_loss")),
-        _change("answer token F1", {"base": generation.get("base"), "tuned": generation.get("tuned")}),
-        _change("preference accuracy", preference.get("accuracy")),
-        _change("general-text loss", {"base": forgetting.get("base"), "tuned": forgetting.get("tuned")}),
-        _change("skill probes", forgetting.get("skills"), 2),
+        _change("validation loss", summary.valid_loss),
+        _change("answer token F1", Pair[float](base=generation.base, tuned=generation.tuned) if generation else None),
+        _change("preference accuracy", preference.accuracy if preference else None),
+        _change("general-text loss", Pair[float](base=forgetting.base, tuned=forgetting.tuned) if forgetting else None),
+        _change("skill probes", forgetting.skills if forgetting else None, 2),
     ]
-    how = "best checkpoint" if summary.get("checkpoint_selection") == "best" else "last step"
-    head = f"Evaluation of step {summary.get('selected_step')} ({how}), base -> tuned: "
+    how = "best checkpoint" if summary.checkpoint_selection == "best" else "last step"
+    head = f"Evaluation of step {summary.selected_step} ({how}), base -> tuned: "
     return head + (", ".join(p for p in parts if p) or "nothing to compare")
 
 
-def summary_for_job(summary: dict[str, Any]) -> dict[str, Any]:
+def summary_for_job(summary: EvaluationSummary) -> dict[str, Any]:
     """The `evaluation` object stored on the job (everything the engine sent, sample answers included)."""
-    return dict(summary)
+    return summary.model_dump(mode="json")

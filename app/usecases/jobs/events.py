@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -13,6 +12,7 @@ from app.core.errors import not_found
 from app.core.ids import new_id, now_ns
 from app.db.models import FineTuningEvent
 from app.usecases import job_log
+from app.usecases.paging import Slice
 
 # An absolute POSIX path: a '/' that starts a word (so `3/10`, `org/model` and URLs are left alone).
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/[^\s'\"`,;:()\[\]{}<>]+")
@@ -90,13 +90,7 @@ def metrics_data(event: dict[str, Any]) -> dict[str, Any]:
     return {k: event[k] for k in METRIC_KEYS if event.get(k) is not None}
 
 
-@dataclass(frozen=True)
-class EventPage:
-    items: list[FineTuningEvent]
-    has_more: bool
-
-
-def list_events(session: Session, job_id: str, *, after: str | None, limit: int) -> EventPage:
+def list_events(session: Session, job_id: str, *, after: str | None, limit: int) -> Slice[FineTuningEvent]:
     """Newest first; `after` is an event id and selects older events."""
     query = select(FineTuningEvent).where(FineTuningEvent.job_id == job_id)
     if after:
@@ -105,7 +99,7 @@ def list_events(session: Session, job_id: str, *, after: str | None, limit: int)
             raise not_found("fine_tuning.job.event", after, param="after")
         query = query.where(FineTuningEvent.seq < cursor.seq)
     rows = list(session.scalars(query.order_by(FineTuningEvent.seq.desc()).limit(limit + 1)))
-    return EventPage(items=rows[:limit], has_more=len(rows) > limit)
+    return Slice.of(rows, limit)
 
 
 def kinds(session: Session, job_id: str) -> list[str]:

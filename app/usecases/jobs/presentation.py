@@ -6,77 +6,94 @@ from typing import Any
 
 from app.core.ids import ns_to_s
 from app.db.models import FineTuningCheckpoint, FineTuningEvent, FineTuningJob
+from app.wire.jobs import (
+    CheckpointMetrics,
+    CheckpointObject,
+    DpoHyperparameters,
+    DpoMethod,
+    EventObject,
+    Integration,
+    JobError,
+    JobHyperparameters,
+    JobObject,
+    Method,
+    SupervisedHyperparameters,
+    SupervisedMethod,
+)
 
 OPENAI_KEYS = ("batch_size", "learning_rate_multiplier", "n_epochs")
 
 
-def _filled(requested: dict[str, Any], resolved: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    """Each OpenAI hyperparameter as requested, or the engine's resolved number once it is known."""
-    out: dict[str, Any] = {}
-    for key in keys:
-        value = requested.get(key, "auto")
-        if value == "auto" and resolved.get(key) is not None:
-            value = resolved[key]
-        out[key] = value
-    return out
+def resolved_hyperparameters(job: FineTuningJob) -> dict[str, Any]:
+    """Every knob of the job's method: as requested, else as the run resolved it, else the engine's default.
 
-
-def job_object(job: FineTuningJob, organization_id: str) -> dict[str, Any]:
+    "auto" (and an unset learning rate or interval) stays until the run has resolved it from the dataset.
+    """
     method_type = str(job.method["type"])
+    model = DpoHyperparameters if method_type == "dpo" else SupervisedHyperparameters
     requested = dict(job.method[method_type].get("hyperparameters") or {})
     resolved = job.resolved or {}
-    method_keys = (*OPENAI_KEYS, "beta") if method_type == "dpo" else OPENAI_KEYS
-    method_hparams = {**requested, **_filled(requested, resolved, method_keys)}
+    values = {**model().model_dump(mode="json"), **requested}
+    for key, value in values.items():
+        if (value == "auto" or value is None) and resolved.get(key) is not None:
+            values[key] = resolved[key]
+    return values
+
+
+def _method(job: FineTuningJob, values: dict[str, Any]) -> Method:
+    if job.method["type"] == "dpo":
+        return Method(type="dpo", dpo=DpoMethod(hyperparameters=DpoHyperparameters.model_construct(**values)))
+    supervised = SupervisedHyperparameters.model_construct(**values)
+    return Method(type="supervised", supervised=SupervisedMethod(hyperparameters=supervised))
+
+
+def job_object(job: FineTuningJob, organization_id: str) -> JobObject:
+    values = resolved_hyperparameters(job)
     error = None
     if job.error:
-        error = {"code": job.error.get("code"), "message": job.error.get("message"), "param": job.error.get("param")}
-    return {
-        "object": "fine_tuning.job",
-        "id": job.id,
-        "model": job.model,
-        "created_at": ns_to_s(job.created_ns),
-        "finished_at": ns_to_s(job.finished_ns) if job.finished_ns else None,
-        "fine_tuned_model": job.fine_tuned_model,
-        "organization_id": organization_id,
-        "result_files": list(job.result_files or []),
-        "status": job.status,
-        "validation_file": job.validation_file,
-        "training_file": job.training_file,
-        "trained_tokens": job.trained_tokens,
-        "error": error,
-        "seed": job.seed,
-        "estimated_finish": job.estimated_finish,
-        "integrations": list(job.integrations or []),
-        "metadata": job.metadata_,
-        "user_provided_suffix": job.suffix,
-        "hyperparameters": _filled(requested, resolved, OPENAI_KEYS),
-        "method": {"type": method_type, method_type: {"hyperparameters": method_hparams}},
-        # Extension: base vs tuned figures (validation, generation, forgetting, warnings) once measured.
-        "evaluation": job.evaluation,
-        # Extension: the dataset doctor's findings at validation (token counts, fitting, duplicates, overlap).
-        "doctor": job.doctor,
-    }
+        error = JobError(code=job.error.get("code"), message=job.error.get("message"), param=job.error.get("param"))
+    return JobObject(
+        id=job.id,
+        model=job.model,
+        created_at=ns_to_s(job.created_ns),
+        finished_at=ns_to_s(job.finished_ns) if job.finished_ns else None,
+        fine_tuned_model=job.fine_tuned_model,
+        organization_id=organization_id,
+        result_files=list(job.result_files or []),
+        status=job.status,  # type: ignore[arg-type]  # reason: the column holds JobStatus values as text
+        validation_file=job.validation_file,
+        training_file=job.training_file,
+        trained_tokens=job.trained_tokens,
+        error=error,
+        seed=job.seed,
+        estimated_finish=job.estimated_finish,
+        integrations=[Integration.model_validate(item) for item in job.integrations or []],
+        metadata=job.metadata_,
+        user_provided_suffix=job.suffix,
+        hyperparameters=JobHyperparameters(**{key: values[key] for key in OPENAI_KEYS}),
+        method=_method(job, values),
+        evaluation=job.evaluation,
+        doctor=job.doctor,
+    )
 
 
-def event_object(row: FineTuningEvent) -> dict[str, Any]:
-    return {
-        "object": "fine_tuning.job.event",
-        "id": row.id,
-        "created_at": ns_to_s(row.created_ns),
-        "level": row.level,
-        "message": row.message,
-        "type": row.type,
-        "data": row.data,
-    }
+def event_object(row: FineTuningEvent) -> EventObject:
+    return EventObject(
+        id=row.id,
+        created_at=ns_to_s(row.created_ns),
+        level=row.level,  # type: ignore[arg-type]  # reason: add_event writes only info/warn/error
+        message=row.message,
+        type=row.type,  # type: ignore[arg-type]  # reason: add_event writes only message/metrics
+        data=row.data,
+    )
 
 
-def checkpoint_object(row: FineTuningCheckpoint) -> dict[str, Any]:
-    return {
-        "object": "fine_tuning.job.checkpoint",
-        "id": row.id,
-        "created_at": ns_to_s(row.created_ns),
-        "fine_tuned_model_checkpoint": row.model_name,
-        "fine_tuning_job_id": row.job_id,
-        "step_number": row.step,
-        "metrics": row.metrics,
-    }
+def checkpoint_object(row: FineTuningCheckpoint) -> CheckpointObject:
+    return CheckpointObject(
+        id=row.id,
+        created_at=ns_to_s(row.created_ns),
+        fine_tuned_model_checkpoint=row.model_name,
+        fine_tuning_job_id=row.job_id,
+        step_number=row.step,
+        metrics=CheckpointMetrics.model_validate(row.metrics),
+    )

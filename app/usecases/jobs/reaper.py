@@ -17,7 +17,7 @@ from app.db.models import FineTuningJob
 from app.db.session import Database
 from app.usecases.jobs.doorbell import Doorbell
 from app.usecases.jobs.run import requeue_or_fail
-from app.usecases.jobs.state import ACTIVE
+from app.usecases.jobs.state import ACTIVE, JobStatus
 from app.usecases.jobs.submit import validate_job
 
 log = logging.getLogger("tuneforge.reaper")
@@ -59,12 +59,12 @@ def reap_expired(db: Database) -> Sweep:
                 .values(lease_owner=None)
                 .execution_options(synchronize_session=False)
             )
-            if not moved.rowcount:  # type: ignore[attr-defined]
+            if not moved.rowcount:  # type: ignore[attr-defined]  # reason: DML results are CursorResults at runtime
                 continue
             job = session.get(FineTuningJob, job_id, populate_existing=True)
             assert job is not None
             outcome = requeue_or_fail(session, job, attempt, "lease expired")
-        (sweep.requeued if outcome == "queued" else sweep.ended).append(job_id)
+        (sweep.requeued if outcome == JobStatus.QUEUED else sweep.ended).append(job_id)
         log.warning("job %s run %s lost its lease: %s", job_id, attempt, outcome)
     return sweep
 
@@ -77,17 +77,23 @@ def stale_queued(db: Database, older_than_s: float) -> list[str]:
     with db.session() as session:
         ids = list(
             session.scalars(
-                select(FineTuningJob.id).where(FineTuningJob.status == "queued", FineTuningJob.enqueued_ns < limit)
+                select(FineTuningJob.id).where(
+                    FineTuningJob.status == JobStatus.QUEUED, FineTuningJob.enqueued_ns < limit
+                )
             )
         )
         for job_id in ids:
             moved = session.execute(
                 update(FineTuningJob)
-                .where(FineTuningJob.id == job_id, FineTuningJob.status == "queued", FineTuningJob.enqueued_ns < limit)
+                .where(
+                    FineTuningJob.id == job_id,
+                    FineTuningJob.status == JobStatus.QUEUED,
+                    FineTuningJob.enqueued_ns < limit,
+                )
                 .values(enqueued_ns=now)
                 .execution_options(synchronize_session=False)
             )
-            if moved.rowcount:  # type: ignore[attr-defined]
+            if moved.rowcount:  # type: ignore[attr-defined]  # reason: DML results are CursorResults at runtime
                 found.append(job_id)
     return found
 
@@ -100,13 +106,13 @@ def stuck_validations(db: Database, settings: Settings, storage: BlobStore, olde
         ids = list(
             session.scalars(
                 select(FineTuningJob.id).where(
-                    FineTuningJob.status == "validating_files", FineTuningJob.created_ns < limit
+                    FineTuningJob.status == JobStatus.VALIDATING_FILES, FineTuningJob.created_ns < limit
                 )
             )
         )
     for job_id in ids:
         with db.session() as session:
-            if validate_job(session, settings, storage, job_id) == "queued":
+            if validate_job(session, settings, storage, job_id) == JobStatus.QUEUED:
                 queued.append(job_id)
     return queued
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,20 @@ from app.db.models import FineTuningCheckpoint, FineTuningEvent, FineTuningJob, 
 from app.db.session import Database
 from app.usecases.files import store_internal_file
 from app.usecases.jobs.checkpoints import latest_checkpoint
-from app.usecases.jobs.evaluation import base_message, message_data, summary_for_job, summary_message
+from app.usecases.jobs.evaluation import base_figures, base_message, message_data, summary_for_job, summary_message
 from app.usecases.jobs.events import METRIC_KEYS, add_event, metrics_data, metrics_message, public_text
 from app.usecases.jobs.names import checkpoint_name, model_name, project_name
-from app.usecases.jobs.state import ACTIVE
+from app.usecases.jobs.state import ACTIVE, JobStatus, Trigger, move
+from engine.events import (
+    BaseEvaluationEvent,
+    CheckpointEvent,
+    Figures,
+    FinalEvaluationEvent,
+    MessageEvent,
+    MetricsEvent,
+    ResultEvent,
+    StartedEvent,
+)
 
 
 class LeaseLost(Exception):
@@ -48,7 +59,7 @@ class Flags:
     owned: bool = True  # False: another attempt owns the job now, or it left the running states
 
 
-def checkpoint_metrics(step: int, raw: dict[str, Any] | None) -> dict[str, Any]:
+def checkpoint_metrics(step: int, raw: Figures | None) -> dict[str, float | int]:
     """OpenAI's checkpoint metrics: the known keys only, numbers only, `step` an integer."""
     keys = [k for k in METRIC_KEYS if k not in ("step", "total_steps")]
     picked = {k: float(v) for k, v in (raw or {}).items() if k in keys and isinstance(v, int | float)}
@@ -63,23 +74,21 @@ def claim(db: Database, job_id: str, worker: str, lease_seconds: float) -> Claim
     """queued -> running with attempt+1; None when the message was stale or a duplicate."""
     with db.session() as session:
         now = now_ns()
-        row = session.execute(
-            update(FineTuningJob)
-            .where(FineTuningJob.id == job_id, FineTuningJob.status == "queued")
-            .values(
-                status="running",
-                attempt=FineTuningJob.attempt + 1,
-                lease_owner=worker,
-                lease_expires_ns=now + _ns(lease_seconds),
-                heartbeat_ns=now,
-                pause_requested=False,
-            )
-            .returning(FineTuningJob.attempt)
-            .execution_options(synchronize_session=False)
-        ).first()
-        if row is None:
+        if not move(
+            session,
+            job_id,
+            JobStatus.RUNNING,
+            trigger=Trigger.CLAIM,
+            expect=JobStatus.QUEUED,
+            attempt=FineTuningJob.attempt + 1,
+            lease_owner=worker,
+            lease_expires_ns=now + _ns(lease_seconds),
+            heartbeat_ns=now,
+            pause_requested=False,
+        ):
             return None
-        attempt = int(row[0])
+        # Our UPDATE holds the row lock until commit, so the attempt read back is the one it wrote.
+        attempt = int(session.scalar(select(FineTuningJob.attempt).where(FineTuningJob.id == job_id)) or 0)
         ckpt = latest_checkpoint(session, job_id)
         session.add(
             JobAttempt(
@@ -164,18 +173,19 @@ def record_child(db: Database, job_id: str, attempt: int, pid: int) -> None:
         _touch_attempt(session, job_id, attempt, child_pid=pid)
 
 
-def record_started(db: Database, job_id: str, attempt: int, event: dict[str, Any]) -> None:
+def record_started(db: Database, job_id: str, attempt: int, event: StartedEvent) -> None:
     """The engine resolved its hyperparameters: show them as numbers from now on."""
     with db.session() as session:
         job = _fence(session, job_id, attempt)
-        job.resolved = dict(event.get("hyperparameters") or {})
-        job.total_steps = event.get("total_steps")
+        job.resolved = dict(event.hyperparameters)
+        job.total_steps = event.total_steps
 
 
-def record_metrics(db: Database, job_id: str, attempt: int, event: dict[str, Any]) -> None:
+def record_metrics(db: Database, job_id: str, attempt: int, event: MetricsEvent) -> None:
+    """One training step: the job's progress, its estimated finish, and a metrics event."""
     with db.session() as session:
         job = _fence(session, job_id, attempt)
-        job.step = int(event["step"])
+        job.step = event.step
         _touch_attempt(session, job_id, attempt, last_step=job.step)
         run = session.get(JobAttempt, (job_id, attempt), populate_existing=True)
         assert run is not None
@@ -186,9 +196,9 @@ def record_metrics(db: Database, job_id: str, attempt: int, event: dict[str, Any
             session,
             job_id,
             "metrics",
-            metrics_message(event),
+            metrics_message(event.to_wire()),
             attempt=attempt,
-            data=metrics_data(event),
+            data=metrics_data(event.to_wire()),
             event_type="metrics",
         )
 
@@ -202,7 +212,7 @@ def _estimate_finish(run: JobAttempt, step: int, total: int | None) -> int | Non
     return ns_to_s(now + (now - run.started_ns) * (total - step) // done)
 
 
-def record_checkpoint(db: Database, job_id: str, attempt: int, event: dict[str, Any]) -> list[str] | None:
+def record_checkpoint(db: Database, job_id: str, attempt: int, event: CheckpointEvent) -> list[str] | None:
     """Insert the checkpoint row (and its snapshot model) only while this attempt owns the job.
 
     Returns the paths of the checkpoints the job keeps after retention (None when nothing changed), so the
@@ -210,7 +220,7 @@ def record_checkpoint(db: Database, job_id: str, attempt: int, event: dict[str, 
     """
     with db.session() as session:
         job = _fence(session, job_id, attempt)
-        step = int(event["step"])
+        step = event.step
         if session.scalar(
             select(FineTuningCheckpoint.id).where(
                 FineTuningCheckpoint.job_id == job_id, FineTuningCheckpoint.step == step
@@ -218,11 +228,9 @@ def record_checkpoint(db: Database, job_id: str, attempt: int, event: dict[str, 
         ):
             return None  # a resumed run re-announcing a step an earlier attempt recorded
         name = checkpoint_name(job, project_name(session, job.project_id), step)
-        metrics = checkpoint_metrics(step, event.get("metrics"))
-        session.add(
-            _checkpoint_row(job, attempt, step, str(event["path"]), str(event.get("sha256") or ""), metrics, name)
-        )
-        _register(session, name, job, "checkpoint", str(event["path"]), step)
+        metrics = checkpoint_metrics(step, event.metrics)
+        session.add(_checkpoint_row(job, attempt, step, event.path, event.sha256, metrics, name))
+        _register(session, name, job, "checkpoint", event.path, step)
         session.flush()
         kept = _apply_retention(session, job, _best_step(session, job_id, event))
         add_event(
@@ -253,10 +261,10 @@ def _checkpoint_row(
     )
 
 
-def _best_step(session: Session, job_id: str, event: dict[str, Any]) -> int | None:
+def _best_step(session: Session, job_id: str, event: CheckpointEvent) -> int | None:
     """The step of the engine's best checkpoint (it says so); else the recorded one with the lowest valid_loss."""
-    if "best_step" in event:
-        return None if event["best_step"] is None else int(event["best_step"])
+    if "best_step" in event.model_fields_set:
+        return event.best_step
     rows = session.scalars(select(FineTuningCheckpoint).where(FineTuningCheckpoint.job_id == job_id)).all()
     scored = [(float(r.metrics["valid_loss"]), r.step) for r in rows if (r.metrics or {}).get("valid_loss") is not None]
     return min(scored)[1] if scored else None
@@ -301,7 +309,8 @@ def _register(session: Session, name: str, job: FineTuningJob, kind: str, artifa
 
 
 def _end_attempt(session: Session, job_id: str, attempt: int, outcome: str) -> None:
-    _touch_attempt(session, job_id, attempt, ended_ns=now_ns(), outcome=outcome)
+    # The column holds 40 characters; Postgres refuses longer text (a reason naming a long exception class).
+    _touch_attempt(session, job_id, attempt, ended_ns=now_ns(), outcome=outcome[:40])
     session.execute(
         update(FineTuningJob)
         .where(FineTuningJob.id == job_id)
@@ -321,7 +330,7 @@ CSV_COLUMNS = (
 )
 
 
-def metrics_csv(session: Session, job_id: str, final: dict[str, Any] | None = None) -> bytes:
+def metrics_csv(session: Session, job_id: str, final: Mapping[str, float | int | None] | None = None) -> bytes:
     """The results file: one row per step over every run (a resumed run's rows replace the lost run's).
 
     Step 0 is the starting model's validation figures; `final` (the published step's metrics) adds the
@@ -344,8 +353,9 @@ def metrics_csv(session: Session, job_id: str, final: dict[str, Any] | None = No
     for data in session.scalars(query):
         if data and "step" in data:
             rows[int(data["step"])] = data
-    if final and final.get("step") in rows:
-        rows[int(final["step"])] = {**rows[int(final["step"])], **final}
+    final_step = final.get("step") if final else None
+    if final and final_step is not None and int(final_step) in rows:
+        rows[int(final_step)] = {**rows[int(final_step)], **final}
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -363,47 +373,58 @@ def metrics_csv(session: Session, job_id: str, final: dict[str, Any] | None = No
     return out.getvalue().encode()
 
 
-def _end_cancelled(session: Session, job: FineTuningJob, attempt: int) -> str:
-    job.status, job.finished_ns, job.lease_owner = "cancelled", now_ns(), None
+def _move_run(
+    session: Session, job: FineTuningJob, attempt: int, to: JobStatus, trigger: Trigger, **values: Any
+) -> JobStatus:
+    """A run's own status change, fenced on its attempt; the caller's `_fence` holds the row, so it applies."""
+    if not move(session, job, to, trigger=trigger, fence_attempt=attempt, lease_owner=None, **values):
+        raise LeaseLost(f"{job.id}: attempt {attempt} no longer owns the job")
+    return to
+
+
+def _end_cancelled(session: Session, job: FineTuningJob, attempt: int) -> JobStatus:
+    _move_run(session, job, attempt, JobStatus.CANCELLED, Trigger.FINISH, finished_ns=now_ns())
     _end_attempt(session, job.id, attempt, "cancelled")
     add_event(session, job.id, "cancelled", "The job was cancelled", attempt=attempt, data={})
-    return "cancelled"
+    return JobStatus.CANCELLED
 
 
-def _end_paused(session: Session, job: FineTuningJob, attempt: int) -> str:
-    job.status, job.pause_requested, job.lease_owner = "paused", False, None
+def _end_paused(session: Session, job: FineTuningJob, attempt: int) -> JobStatus:
+    _move_run(session, job, attempt, JobStatus.PAUSED, Trigger.FINISH, pause_requested=False)
     _end_attempt(session, job.id, attempt, "paused")
     add_event(session, job.id, "paused", "Fine-tuning job paused", attempt=attempt, data={})
-    return "paused"
+    return JobStatus.PAUSED
 
 
-def _completed_while_stopping(session: Session, job: FineTuningJob, attempt: int) -> str | None:
+def _completed_while_stopping(session: Session, job: FineTuningJob, attempt: int) -> JobStatus | None:
     """The run completed after the API had answered `cancelling` or `pausing`: that answer stands.
 
     The final weights stay a recorded checkpoint (the engine checkpoints its last step); nothing is published,
     and a paused job's resume starts from that checkpoint and publishes then.
     """
-    if job.status not in ("cancelling", "pausing"):
+    if job.status not in (JobStatus.CANCELLING, JobStatus.PAUSING):
         return None
     done = latest_checkpoint(session, job.id)
     if done is not None and done.step == job.step:
         kept = f"its final weights are kept as the checkpoint of step {done.step}"
     else:  # n_checkpoints=0: the run kept no checkpoint of its last step
         kept = f"the newest checkpoint is of step {done.step}" if done else "no checkpoint was kept"
-    if job.status == "cancelling":
+    if job.status == JobStatus.CANCELLING:
         note = f"Training completed before the cancel took effect; {kept}, no model was published"
     else:
         note = f"Training completed before the pause took effect; {kept}. Resume the job to publish the model"
     add_event(session, job.id, "message", note, attempt=attempt, data={})
-    return _end_cancelled(session, job, attempt) if job.status == "cancelling" else _end_paused(session, job, attempt)
+    if job.status == JobStatus.CANCELLING:
+        return _end_cancelled(session, job, attempt)
+    return _end_paused(session, job, attempt)
 
 
-def finish_succeeded(db: Database, storage: BlobStore, job_id: str, attempt: int, result: dict[str, Any]) -> str:
+def finish_succeeded(db: Database, storage: BlobStore, job_id: str, attempt: int, result: ResultEvent) -> JobStatus:
     """Register the model, store the metrics CSV as a fine-tune-results file, mark the job succeeded.
 
     Returns the job's new status: `succeeded`, or `cancelled`/`paused` when such a request came first.
     """
-    adapter_dir = str(result.get("adapter_dir") or result.get("output_dir") or "")
+    adapter_dir = result.adapter_dir or result.output_dir
     with db.session() as session:
         job = _fence(session, job_id, attempt)
         stopped = _completed_while_stopping(session, job, attempt)
@@ -411,8 +432,8 @@ def finish_succeeded(db: Database, storage: BlobStore, job_id: str, attempt: int
             return stopped
         name = model_name(job, project_name(session, job.project_id))
         # The published weights: the best checkpoint with validation data, else the last step.
-        final_step = int(result.get("selected_step") or job.step or job.total_steps or 0)
-        final_metrics = checkpoint_metrics(final_step, result.get("metrics"))
+        final_step = int(result.selected_step or job.step or job.total_steps or 0)
+        final_metrics = checkpoint_metrics(final_step, result.metrics)
         results = store_internal_file(
             session,
             storage,
@@ -431,33 +452,43 @@ def finish_succeeded(db: Database, storage: BlobStore, job_id: str, attempt: int
             existing.metrics = {**existing.metrics, **final_metrics}
         else:
             session.add(_checkpoint_row(job, attempt, final_step, adapter_dir, "", final_metrics, name))
-        if isinstance(result.get("evaluation"), dict):
-            job.evaluation = summary_for_job(result["evaluation"])
+        if result.evaluation is not None:
+            job.evaluation = summary_for_job(result.evaluation)
         _register(session, name, job, "fine_tuned", adapter_dir, None)
-        if result.get("hyperparameters"):
-            job.resolved = dict(result["hyperparameters"])
-        job.status = "succeeded"
-        job.fine_tuned_model = name
-        job.trained_tokens = int(result.get("trained_tokens") or 0)
-        job.result_files = [results.id]
-        job.finished_ns = now_ns()
-        job.lease_owner = None
+        if result.hyperparameters:
+            job.resolved = dict(result.hyperparameters)
+        _move_run(
+            session,
+            job,
+            attempt,
+            JobStatus.SUCCEEDED,
+            Trigger.FINISH,
+            fine_tuned_model=name,
+            trained_tokens=result.trained_tokens,
+            result_files=[results.id],
+            finished_ns=now_ns(),
+        )
         _end_attempt(session, job_id, attempt, "succeeded")
         add_event(session, job_id, "model_created", f"New fine-tuned model created: {name}", attempt=attempt, data={})
         add_event(session, job_id, "succeeded", "The job has successfully completed", attempt=attempt, data={})
-        return "succeeded"
+        return JobStatus.SUCCEEDED
 
 
-def finish_paused(db: Database, job_id: str, attempt: int) -> str:
-    """The run checkpointed and stopped; a cancel that came after the pause wins. Returns the new status."""
+def finish_paused(db: Database, job_id: str, attempt: int) -> JobStatus:
+    """The run checkpointed and stopped; a cancel that came after the pause wins. Returns the new status.
+
+    A pause nobody asked for (a stray SIGUSR1) is an interrupted run: it restarts from that checkpoint.
+    """
     with db.session() as session:
         job = _fence(session, job_id, attempt)
-        if job.status == "cancelling":
+        if job.status == JobStatus.CANCELLING:
             return _end_cancelled(session, job, attempt)
-        return _end_paused(session, job, attempt)
+        if job.status == JobStatus.PAUSING:
+            return _end_paused(session, job, attempt)
+        return requeue_or_fail(session, job, attempt, "paused without a pause request")
 
 
-def finish_cancelled(db: Database, job_id: str, attempt: int) -> str:
+def finish_cancelled(db: Database, job_id: str, attempt: int) -> JobStatus:
     """The run stopped on a cancel. Returns the new status.
 
     Nobody asked to cancel when SIGTERM/SIGINT came from elsewhere (a worker shutting down, a Ctrl-C in the
@@ -465,7 +496,7 @@ def finish_cancelled(db: Database, job_id: str, attempt: int) -> str:
     """
     with db.session() as session:
         job = _fence(session, job_id, attempt)
-        if job.status == "cancelling" or job.cancel_requested:
+        if job.status == JobStatus.CANCELLING:  # the one status a cancel request leaves a run in
             return _end_cancelled(session, job, attempt)
         return requeue_or_fail(session, job, attempt, "training process was stopped by a signal")
 
@@ -483,43 +514,41 @@ def job_error(error: dict[str, Any]) -> dict[str, Any]:
     return {"code": code, "message": message, "param": param}
 
 
-def finish_failed(db: Database, job_id: str, attempt: int, error: dict[str, Any]) -> str:
+def finish_failed(db: Database, job_id: str, attempt: int, error: dict[str, Any]) -> JobStatus:
     """Mark the job failed with the run's error in OpenAI's words (a cancel answered earlier wins)."""
     with db.session() as session:
         job = _fence(session, job_id, attempt)
-        if job.status == "cancelling":
+        if job.status == JobStatus.CANCELLING:
             return _end_cancelled(session, job, attempt)
-        job.status = "failed"
-        job.error = job_error(error)
-        job.finished_ns = now_ns()
-        job.lease_owner = None
+        wire = job_error(error)
+        _move_run(session, job, attempt, JobStatus.FAILED, Trigger.FINISH, error=wire, finished_ns=now_ns())
         _end_attempt(session, job_id, attempt, "failed")
         add_event(
             session,
             job_id,
             "failed",
-            str(job.error["message"]),
+            str(wire["message"]),
             attempt=attempt,
             level="error",
-            data={"code": job.error["code"]},
+            data={"code": wire["code"]},
         )
-        return "failed"
+        return JobStatus.FAILED
 
 
-def requeue_or_fail(session: Session, job: FineTuningJob, attempt: int, reason: str) -> str:
+def requeue_or_fail(session: Session, job: FineTuningJob, attempt: int, reason: str) -> JobStatus:
     """After a lost run: back to queued if attempts are left, else failed. Caller has fenced the row."""
     now = now_ns()
     _end_attempt(session, job.id, attempt, reason)
-    if job.status == "cancelling":
-        job.status, job.finished_ns, job.lease_owner = "cancelled", now, None
+    if job.status == JobStatus.CANCELLING:
+        _move_run(session, job, attempt, JobStatus.CANCELLED, Trigger.REQUEUE, finished_ns=now)
         add_event(session, job.id, "cancelled", "The job was cancelled", attempt=attempt, data={})
-        return "cancelled"
-    if job.status == "pausing":
-        job.status, job.pause_requested, job.lease_owner = "paused", False, None
+        return JobStatus.CANCELLED
+    if job.status == JobStatus.PAUSING:
+        _move_run(session, job, attempt, JobStatus.PAUSED, Trigger.REQUEUE, pause_requested=False)
         add_event(session, job.id, "paused", "Fine-tuning job paused", attempt=attempt, data={})
-        return "paused"
+        return JobStatus.PAUSED
     if job.attempt < job.max_attempts:
-        job.status, job.lease_owner, job.enqueued_ns = "queued", None, now
+        _move_run(session, job, attempt, JobStatus.QUEUED, Trigger.REQUEUE, enqueued_ns=now)
         ckpt = latest_checkpoint(session, job.id)
         where = f"from the checkpoint at step {ckpt.step}" if ckpt else "from the beginning"
         add_event(
@@ -531,57 +560,55 @@ def requeue_or_fail(session: Session, job: FineTuningJob, attempt: int, reason: 
             level="warn",
             data={},
         )
-        return "queued"
-    job.status, job.finished_ns, job.lease_owner = "failed", now, None
-    job.error = {
+        return JobStatus.QUEUED
+    wire = {
         "code": "worker_lost",
         "message": f"The job was interrupted {attempt} time(s) ({reason}) and will not be retried.",
         "param": None,
     }
+    _move_run(session, job, attempt, JobStatus.FAILED, Trigger.REQUEUE, finished_ns=now, error=wire)
     add_event(
         session,
         job.id,
         "failed",
-        str(job.error["message"]),
+        str(wire["message"]),
         attempt=attempt,
         level="error",
         data={"code": "worker_lost"},
     )
-    return "failed"
+    return JobStatus.FAILED
 
 
-def child_crashed(db: Database, job_id: str, attempt: int, reason: str) -> str:
+def child_crashed(db: Database, job_id: str, attempt: int, reason: str) -> JobStatus:
     """The training child died without a result: this run gives the job back right away."""
     with db.session() as session:
         job = _fence(session, job_id, attempt)
         return requeue_or_fail(session, job, attempt, reason)
 
 
-def record_message(db: Database, job_id: str, attempt: int, event: dict[str, Any]) -> None:
+def record_message(db: Database, job_id: str, attempt: int, event: MessageEvent) -> None:
     """A free-text engine message (warnings, notes) shown in the job's events."""
-    level = event.get("level") if event.get("level") in ("info", "warn", "error") else "info"
     with db.session() as session:
         _fence(session, job_id, attempt)
         add_event(
             session,
             job_id,
             "message",
-            str(event.get("message", ""))[:4000],
+            event.message[:4000],
             attempt=attempt,
-            level=str(level),
+            level=event.level,
             data=message_data(event),
         )
 
 
-def record_evaluation(db: Database, job_id: str, attempt: int, event: dict[str, Any]) -> None:
+def record_evaluation(
+    db: Database, job_id: str, attempt: int, event: BaseEvaluationEvent | FinalEvaluationEvent
+) -> None:
     """The base model's figures before training, then the base-vs-tuned summary: on the job and as events."""
     with db.session() as session:
         job = _fence(session, job_id, attempt)
-        if event.get("stage") == "base":
-            base = {
-                k: event.get(k)
-                for k in ("valid_loss", "valid_mean_token_accuracy", "generation", "preference", "probes")
-            }
+        if isinstance(event, BaseEvaluationEvent):
+            base = base_figures(event)
             job.evaluation = {"status": "running", "base": base}
             add_event(
                 session,
@@ -591,16 +618,15 @@ def record_evaluation(db: Database, job_id: str, attempt: int, event: dict[str, 
                 attempt=attempt,
                 data={"stage": "base", **{k: v for k, v in base.items() if v is not None}},
             )
-        elif event.get("stage") == "final" and isinstance(event.get("evaluation"), dict):
-            summary = summary_for_job(event["evaluation"])
-            job.evaluation = summary
+        else:
+            job.evaluation = summary_for_job(event.evaluation)
             add_event(
                 session,
                 job_id,
                 "evaluation",
-                summary_message(summary),
+                summary_message(event.evaluation),
                 attempt=attempt,
-                data={"stage": "final", "selected_step": summary.get("selected_step")},
+                data={"stage": "final", "selected_step": event.evaluation.selected_step},
             )
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from app.core.errors import InvalidRequest, not_found
@@ -16,6 +15,8 @@ from app.db.models import FineTuningJob, RegisteredModel, StoredFile
 from app.usecases import doctor as doctor_uc
 from app.usecases.jobs.events import add_event
 from app.usecases.jobs.request import JobRequest
+from app.usecases.jobs.state import JobStatus, Trigger, initial, move
+from app.usecases.paging import Slice
 from engine.formats import BlockingError, DatasetReport, check_method_compat, check_path
 from engine.formats.verdict import invalid_file
 
@@ -58,7 +59,7 @@ def create_job(
     job = FineTuningJob(
         id=job_id or new_id("ftjob-"),
         project_id=project_id,
-        status="validating_files",
+        status=initial(),
         model=request.model,
         base_model=base_model,
         init_from=init_from,
@@ -120,10 +121,10 @@ def _file_error(
     return check_method_compat(report, method_type, param=param, file_id=row.id)  # type: ignore[arg-type]
 
 
-def validate_job(session: Session, settings: Settings, storage: BlobStore, job_id: str) -> str | None:
+def validate_job(session: Session, settings: Settings, storage: BlobStore, job_id: str) -> JobStatus | None:
     """Move a `validating_files` job to `queued` or `failed`; returns the new status (None if it moved on)."""
     job = session.get(FineTuningJob, job_id)
-    if job is None or job.status != "validating_files":
+    if job is None or job.status != JobStatus.VALIDATING_FILES:
         return None
     method_type = str(job.method["type"])
     error: BlockingError | None = None
@@ -147,21 +148,15 @@ def validate_job(session: Session, settings: Settings, storage: BlobStore, job_i
     if error is None and settings.doctor_enabled:
         error, doctor, warnings = _run_doctor(session, settings, storage, job)
     now = now_ns()
-    new_status = "failed" if error else "queued"
-    values: dict[str, Any] = {"status": new_status}
+    new_status = JobStatus.FAILED if error else JobStatus.QUEUED
+    values: dict[str, Any] = {}
     if doctor is not None:
         values["doctor"] = doctor
     if error:
         values.update(error=error.model_dump(), finished_ns=now)
     else:
         values.update(enqueued_ns=now)
-    moved = session.execute(
-        update(FineTuningJob)
-        .where(FineTuningJob.id == job_id, FineTuningJob.status == "validating_files")
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    if moved.rowcount == 0:  # type: ignore[attr-defined]
+    if not move(session, job, new_status, trigger=Trigger.VALIDATE, expect=JobStatus.VALIDATING_FILES, **values):
         return None  # cancelled meanwhile
     for file_label, code, message in warnings:
         add_event(session, job_id, "doctor", f"{file_label}: {message}", level="warn", data={"code": code})
@@ -203,12 +198,6 @@ def _run_doctor(
     return error, summary, warnings
 
 
-@dataclass(frozen=True)
-class JobPage:
-    items: list[FineTuningJob]
-    has_more: bool
-
-
 def _metadata_matches(job: FineTuningJob, wanted: dict[str, str] | None, null_only: bool) -> bool:
     if null_only:
         return job.metadata_ is None
@@ -226,7 +215,7 @@ def list_jobs(
     limit: int,
     metadata: dict[str, str] | None = None,
     metadata_null: bool = False,
-) -> JobPage:
+) -> Slice[FineTuningJob]:
     """Newest first; metadata filters are applied while scanning so pages stay exact."""
     query = select(FineTuningJob).where(FineTuningJob.project_id == project_id)
     key = tuple_(FineTuningJob.created_ns, FineTuningJob.id)
@@ -234,15 +223,15 @@ def list_jobs(
         cursor = session.get(FineTuningJob, after)
         if cursor is None or cursor.project_id != project_id:
             raise not_found("fine_tuning.job", after, param="after")
-        query = query.where(key < tuple_(cursor.created_ns, cursor.id))  # type: ignore[arg-type]
+        query = query.where(key < tuple_(cursor.created_ns, cursor.id))
     query = query.order_by(FineTuningJob.created_ns.desc(), FineTuningJob.id.desc())
     if not metadata and not metadata_null:
         rows = list(session.scalars(query.limit(limit + 1)))
-        return JobPage(items=rows[:limit], has_more=len(rows) > limit)
+        return Slice.of(rows, limit)
     found: list[FineTuningJob] = []
     for job in session.scalars(query.execution_options(yield_per=200)):
         if _metadata_matches(job, metadata, metadata_null):
             found.append(job)
             if len(found) > limit:
                 break
-    return JobPage(items=found[:limit], has_more=len(found) > limit)
+    return Slice.of(found, limit)

@@ -1,4 +1,4 @@
-"""A small random Llama, tokenizer and LoRA adapters built offline, for tests and the benchmark fallback."""
+"""Test support: a small random Llama, tokenizer and LoRA adapters built offline (tests and the benchmark fallback)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from engine.chat import CHAT_TEMPLATE, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, stop_token_ids
+from engine.manifest import ArtifactManifest, ResolvedSpec
 
 _CORPUS = [
     "the quick brown fox jumps over the lazy dog",
@@ -32,7 +33,7 @@ def build_tokenizer() -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]  # transformers leaves __init__ unannotated
         tokenizer_object=tok,
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
@@ -81,7 +82,7 @@ def make_adapter(
     rank: int = 8,
     manifest_overrides: dict[str, Any] | None = None,
 ) -> Path:
-    """Save a PEFT LoRA adapter with non-zero random weights plus a manifest pinning base_dir."""
+    """Save a PEFT LoRA adapter with non-zero random weights plus a full manifest pinning base_dir."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -95,13 +96,26 @@ def make_adapter(
     peft_model = get_peft_model(model, config)
     out_dir.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(out_dir), safe_serialization=True)
-    manifest = {
-        "base_model": str(base_dir),
-        "base_model_sha256": identity.content_hash,
-        "tokenizer_sha256": identity.tokenizer_hash,
-        "chat_template": tokenizer.chat_template,
-        "stop_token_ids": stop_token_ids(tokenizer),
-        **(manifest_overrides or {}),
-    }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    manifest = ArtifactManifest(
+        kind="lora",
+        base_model=base_dir.name,
+        base_model_sha256=identity.content_hash,
+        tokenizer_sha256=identity.tokenizer_hash,
+        chat_template=tokenizer.chat_template,
+        special_tokens={str(k): str(v) for k, v in tokenizer.special_tokens_map.items()},
+        stop_tokens=[str(tokenizer.convert_ids_to_tokens(i)) for i in stop_token_ids(tokenizer)],
+        stop_token_ids=stop_token_ids(tokenizer),
+        training_file_sha256="0" * 64,  # made up: no dataset behind a random adapter
+        validation_file_sha256=None,
+        spec=ResolvedSpec(
+            method="supervised",
+            tuning={"type": "lora", "lora_r": rank, "lora_alpha": rank * 2, "target_modules": list(target_modules)},
+            hyperparameters={},
+            seed=seed,
+        ),
+        step=0,
+        trained_tokens=0,
+    )
+    data = {**manifest.model_dump(mode="json"), **(manifest_overrides or {})}  # overrides may break it on purpose
+    (out_dir / "manifest.json").write_text(json.dumps(data, indent=2))
     return out_dir

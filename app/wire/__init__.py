@@ -1,0 +1,1 @@
+"""Pydantic models of everything on the `/v1` wire."""
