@@ -50,25 +50,18 @@ def pytest_configure(config: pytest.Config) -> None:
             os.environ.setdefault(name, "1")
 
 
-# Under `--dist loadgroup` these run first, longest first, so that two workers finish together (each waits mostly
-# on servers and training children; measured with --durations on 2 cores). The rest keep collection order.
+# Under xdist (`make test`: `-n 2 --dist loadfile`, one module per worker) these run first, longest first, so
+# that the two workers finish together (measured with --durations on 2 cores); the rest keep collection order.
+# (Not `--dist loadgroup`: with pytest 9 xdist 3.8 cannot tag node ids, and every test would be its own group.)
 HEAVY_FIRST = (
-    "tests/jobs/test_jobs_control.py",
-    "tests/e2e/test_evaluation.py",
     "tests/jobs/test_jobs_redis.py",
+    "tests/jobs/test_jobs_control.py",
     "tests/e2e/test_finetune_and_chat.py",
+    "tests/e2e/test_evaluation.py",
     "tests/jobs/test_jobs_outage.py",
     "tests/console/test_console.py",
     "tests/cli/test_user_cli.py",
 )
-
-
-def xdist_group(item: pytest.Item) -> str:
-    """A test's xdist group: its module, and its backend for modules run on both (each has its own servers)."""
-    params = getattr(getattr(item, "callspec", None), "params", {})
-    backend = params.get("job_backend") or params.get("backend")
-    module = item.nodeid.split("::", 1)[0]
-    return f"{module}[{backend}]" if backend else module
 
 
 def _rank(item: pytest.Item) -> int:
@@ -78,15 +71,10 @@ def _rank(item: pytest.Item) -> int:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
-    """With `--dist loadgroup`, keep each module (per backend) on one worker: module-scoped servers are started
-    once, and tests that read what earlier ones left (a server's log) still run after them."""
-    grouped = bool(getattr(config.option, "loadgroup", False))  # what an xdist worker of `--dist loadgroup` sees
-    if grouped:
-        for item in items:  # before xdist's own hook, which reads the marks
-            item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
+    """Under xdist, the heavy modules first (a stable sort: pytest's fixture-aware order is kept inside each)."""
     yield
-    if grouped:
-        items.sort(key=_rank)  # stable: after pytest's fixture-aware ordering, which it keeps within a group
+    if XDIST_WORKERS > 1:
+        items.sort(key=_rank)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, Strict
 
+from app.wire.base import json_schema
+
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # OpenAI's seed range; torch refuses larger seeds after admission
 MAX_STOP_SEQUENCES = 4
 
@@ -266,27 +268,6 @@ def answer_head(model: str, chat: bool) -> Answer:
     """A fresh id and timestamp for one answer (all its chunks share them)."""
     prefix = "chatcmpl-" if chat else "cmpl-"
     return Answer(id=prefix + uuid.uuid4().hex[:24], created=int(time.time()), model=model)
-
-
-def json_schema(model: type[BaseModel]) -> dict[str, JsonValue]:
-    """model's JSON schema with every `$ref` inlined, for an OpenAPI body FastAPI does not parse itself."""
-    schema: dict[str, JsonValue] = model.model_json_schema(mode="validation")
-    defs = schema.pop("$defs", {})
-    assert isinstance(defs, dict)
-
-    def inline(node: JsonValue) -> JsonValue:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                return inline(defs[ref.removeprefix("#/$defs/")])  # the wire models are not recursive
-            return {key: inline(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [inline(item) for item in node]
-        return node
-
-    result = inline(schema)
-    assert isinstance(result, dict)
-    return result
 
 
 def openapi_body(model: type[BaseModel]) -> dict[str, JsonValue]:
