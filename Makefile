@@ -50,7 +50,7 @@ test: $(STAMP) ## the whole suite: ruff, mypy, import contracts, pytest (no test
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy $(PACKAGES)  # strict: see [tool.mypy] in pyproject.toml
 	$(BIN)/lint-imports
-	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff, mypy and the import contracts, without the tests
 	$(BIN)/ruff check .
