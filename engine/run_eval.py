@@ -156,6 +156,8 @@ class RunEvaluator:
             return
         started = time.perf_counter()
         run = self.run
+        # Said before it starts: on a large validation set this is the longest quiet phase before step 1.
+        run.message("info", "measuring the starting model before training", code="base_evaluation_started")
         valid = run.evaluate(limit=self.cfg.valid_examples)
         self.base_probes = self._probes(base=True)
         self.base = {

@@ -354,7 +354,7 @@ def test_a_control_file_alone_cuts_the_base_evaluation_short(
     A pause still leaves a step-0 checkpoint, and the run resumed from it measures the base model after all.
     """
     data = write_jsonl(tmp_path / "train.jsonl", secret_rows(8))
-    valid = write_jsonl(tmp_path / "valid.jsonl", secret_rows(64, seed=3, start=100))
+    valid = write_jsonl(tmp_path / "valid.jsonl", secret_rows(256, seed=3, start=100))
     long_evaluation = {"generation_examples": 64, "generation_max_tokens": 128, "generation_max_seconds": 120}
     s = spec(tmp_path, data, validation_file=str(valid), hp={"n_checkpoints": 2}, evaluation=long_evaluation)
     proc, control = _engine_process(tmp_path, s)
@@ -362,8 +362,7 @@ def test_a_control_file_alone_cuts_the_base_evaluation_short(
     events: list[dict[str, Any]] = []
     for line in proc.stdout:
         events.append(json.loads(line))
-        if events[-1]["type"] == "started":
-            time.sleep(1.0)  # into building the model and measuring it
+        if events[-1].get("code") == "base_evaluation_started":  # the evaluation is under way
             (control / request_file).touch()
             asked = time.monotonic()
             break
