@@ -18,7 +18,7 @@ from app.http.body_guard import BodyLimits
 from app.http.errors import install_error_handlers
 from app.http.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from app.http.openapi import install_openapi
-from app.http.routes import files, health, inference, jobs, models
+from app.http.routes import files, health, inference, jobs, model_upload, models
 from app.http.state import AppState
 
 API_DESCRIPTION = """OpenAI-compatible fine-tuning API.
@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None, extra_routers: list[APIRouter] 
     app.include_router(files.router)
     app.include_router(jobs.router)
     app.include_router(models.router)
+    app.include_router(model_upload.router)  # POST /v1/models: upload an existing adapter
     app.include_router(inference.router)
     install_console(app)  # the web console at / and the offline /docs, /redoc
     for router in extra_routers or []:

@@ -40,11 +40,18 @@ def public_model_name(base_model: str) -> str:
     return path.name if path.is_absolute() or base_model.startswith(("./", "../", "~")) else base_model
 
 
-def identify(base_model: str, base_path: Path, tokenizer: Any, train_file: str, valid_file: str | None) -> Identity:
-    """Hash the base model, tokenizer and datasets."""
+def identify(
+    base_model: str,
+    base_path: Path,
+    tokenizer: Any,
+    train_file: str,
+    valid_file: str | None,
+    public_name: str | None = None,
+) -> Identity:
+    """Hash the base model, tokenizer and datasets; `public_name` (else one derived from base_model) names the base."""
     ids = stop_token_ids(tokenizer)
     return Identity(
-        base_model=public_model_name(base_model),
+        base_model=public_name or public_model_name(base_model),
         base_path=base_path,
         base_sha256=content_hash(base_path),
         tokenizer_sha256=tokenizer_hash(base_path),

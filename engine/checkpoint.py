@@ -15,6 +15,10 @@ from engine.fsutil import fsync_dir, fsync_file, sha256_file
 
 MANIFEST = "MANIFEST.json"
 _STEP_RE = re.compile(r"^step-(\d+)$")
+# Resume state only the newest checkpoint needs: the optimizer's moments (twice the trainable weights) and the
+# scheduler. Older checkpoints lose them (strip_state) and stay servable and selectable; MANIFEST.json keeps
+# listing them, so a checkpoint's sha256 never changes and a stripped file reads as absent, not as tampering.
+STRIPPABLE = ("optimizer.pt", "scheduler.pt")
 
 
 class CheckpointError(ValueError):
@@ -71,13 +75,36 @@ def verify_checkpoint(path: str | Path) -> str:
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{root}: unreadable {MANIFEST}") from err
     present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {MANIFEST}
-    if present != set(entries):
-        diff = sorted(present.symmetric_difference(entries))
+    expected = present | (set(entries) & set(STRIPPABLE))
+    if expected != set(entries):
+        diff = sorted(expected.symmetric_difference(entries))
         raise CheckpointError(f"{root}: files do not match {MANIFEST}: {diff}")
     for name, meta in entries.items():
+        if name not in present:
+            continue  # stripped resume state (STRIPPABLE)
         if sha256_file(root / name) != meta.get("sha256"):
             raise CheckpointError(f"{root}: {name} does not match its sha256 in {MANIFEST}")
     return hashlib.sha256(raw).hexdigest()
+
+
+def is_stripped(path: str | Path) -> bool:
+    """Whether a checkpoint lost its optimizer/scheduler state (resuming from it restarts the optimizer)."""
+    return any(not (Path(path) / name).is_file() for name in STRIPPABLE)
+
+
+def strip_state(root: Path, newest: Path) -> int:
+    """Delete the optimizer/scheduler state of every checkpoint under root but `newest`; return bytes freed."""
+    freed = 0
+    for _, p in list_checkpoints(root):
+        if p.resolve() == newest.resolve():
+            continue
+        for name in STRIPPABLE:
+            f = p / name
+            if f.is_file():
+                freed += f.stat().st_size
+                f.unlink()
+        fsync_dir(p)
+    return freed
 
 
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import shutil
 import uuid
@@ -13,52 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from engine.fsutil import fsync_dir, fsync_tree
+
+# The hashes a manifest pins live with the manifest (torch-free, shared with the control plane); re-exported.
+from engine.manifest import TOKENIZER_FILES as TOKENIZER_FILES
+from engine.manifest import content_hash as content_hash
+from engine.manifest import tokenizer_hash as tokenizer_hash
+from engine.manifest import weight_files as weight_files
 from engine.tinychat import TINY_CHAT, Recipe, build_tiny_chat
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 ALLOWED_HUB_ENV = "TUNEFORGE_ALLOWED_BASE_MODELS"
-
-
-def _sha256_files(files: Sequence[Path], root: Path) -> str:
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.relative_to(root).as_posix().encode() + b"\0")
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-def weight_files(path: str | Path) -> list[Path]:
-    """The safetensors weight files of a model or adapter directory, sorted."""
-    root = Path(path)
-    return sorted(root.glob("*.safetensors"))
-
-
-def content_hash(path: str | Path) -> str:
-    """sha256 over the weight files (names and bytes) of a model directory."""
-    root = Path(path)
-    files = weight_files(root)
-    if not files:
-        raise FileNotFoundError(f"no .safetensors weights in {root}")
-    return _sha256_files(files, root)
 
 
 # The name serving looks up (engine.inference.loading); one definition so training and serving always agree.
 model_content_hash = content_hash
-
-
-def tokenizer_hash(path: str | Path | Any) -> str:
-    """sha256 over the tokenizer files (vocabulary, merges, special tokens, chat template).
-
-    Accepts a model directory or a tokenizer loaded from one (its `name_or_path`).
-    """
-    root = Path(path if isinstance(path, str | os.PathLike) else path.name_or_path)
-    files = [root / n for n in TOKENIZER_FILES if (root / n).is_file()]
-    if not files:
-        raise FileNotFoundError(f"no tokenizer files in {root}")
-    return _sha256_files(files, root)
 
 
 @contextlib.contextmanager

@@ -64,7 +64,8 @@ def save_weights(model: Any, tuning_type: str, out_dir: Path, tokenizer: Any = N
     """Write a loadable artifact: a PEFT adapter dir, or a full model dir (config, safetensors, tokenizer)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if tuning_type == "lora":
-        model.save_pretrained(str(out_dir), safe_serialization=True)
+        # False: never the full embedding matrix ("auto" would also probe the Hub for the base model's config).
+        model.save_pretrained(str(out_dir), safe_serialization=True, save_embedding_layers=False)
         readme = out_dir / "README.md"
         if readme.exists():  # PEFT's model card template: noise, not part of the artifact
             readme.unlink()

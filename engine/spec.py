@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engine.manifest import PublicName
+
 Auto = Literal["auto"]
 DEFAULT_SEED = 42
 
@@ -107,6 +109,9 @@ class TrainSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     base_model: Annotated[str, Field(min_length=1)]
+    # What artifacts name the base by (manifest.json, adapter_config.json): the operator's hub id or offered name,
+    # never the server path `base_model` may be. None: tiny-chat, a hub id as given, or a local dir's last part.
+    base_model_name: PublicName | None = None
     data_dir: Annotated[str, Field(min_length=1)]
     training_file: Annotated[str, Field(min_length=1)]
     validation_file: str | None = None

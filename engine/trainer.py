@@ -7,15 +7,16 @@ import logging
 import math
 import random
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 
 from engine import fastlora
 from engine.artifacts import Identity, identify, manifest, publish_dir, write_json
-from engine.checkpoint import CheckpointError, prune, verify_checkpoint, write_checkpoint
+from engine.checkpoint import CheckpointError, is_stripped, prune, strip_state, verify_checkpoint, write_checkpoint
 from engine.control import Control, Interrupted
 from engine.data import DatasetError, Example, LoadReport, Pair, load_dpo, load_sft
 from engine.events import (
@@ -189,7 +190,7 @@ class _Run:
         if spec.init_from and not Path(spec.init_from).is_dir():
             raise RunStopped("failed", "invalid_init", "init_from: the model to continue from is gone", invalid=True)
         self.ident: Identity = identify(
-            spec.base_model, base_path, self.tokenizer, spec.training_file, spec.validation_file
+            spec.base_model, base_path, self.tokenizer, spec.training_file, spec.validation_file, spec.base_model_name
         )
         self._check_control()
         self.emit(
@@ -261,6 +262,11 @@ class _Run:
         except ValueError as err:
             raise RunStopped("failed", "invalid_init", str(err), invalid=True) from None
         if self.kind == "lora":
+            # adapter_config.json names the base by its public name: the adapter loads elsewhere, never by a path.
+            configs: dict[str, Any] = cast(Any, self.model).peft_config
+            for cfg in configs.values():
+                cfg.base_model_name_or_path = self.ident.base_model
+                cfg.revision = None
             fastlora.install(self.model)
         self.model.train()
         assert self.hp is not None
@@ -520,6 +526,16 @@ class _Run:
             )
         return self.last_ckpt
 
+    def strip_older_checkpoints(self) -> None:
+        """Once the run has succeeded, older checkpoints lose their optimizer moments (the bulk of one).
+
+        Not while training: a run that lost its lease may write checkpoints the control plane never recorded,
+        and the run that takes over resumes from the newest *recorded* one, which must still be exact. They keep
+        weights, manifest and state.json, so they stay servable and selectable as best.
+        """
+        if self.last_ckpt is not None:
+            strip_state(self.out / "checkpoints", Path(self.last_ckpt.path))
+
     def _restore(self, ckpt: Path) -> None:
         from safetensors.torch import load_file
 
@@ -533,8 +549,23 @@ class _Run:
                 invalid=True,
             )
         load_trainable_weights(self.model, self.kind, ckpt)
-        self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-        self.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+        if is_stripped(ckpt):
+            # Only when a newer checkpoint was sealed but not yet recorded before a crash: the run goes on from
+            # these weights and data position with fresh optimizer moments, so it is no longer bit-exact.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": intended here
+                for _ in range(int(state["step"])):
+                    self.scheduler.step()
+            self.message(
+                "warn",
+                f"the checkpoint of step {state['step']} holds no optimizer state (a newer one superseded it); "
+                "training resumes with a fresh optimizer",
+                code="resumed_without_optimizer_state",
+                step=int(state["step"]),
+            )
+        else:
+            self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+            self.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
         rng = torch.load(ckpt / "rng.pt", weights_only=True)
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
@@ -710,6 +741,7 @@ def train(
             run.finalize()
         run.stop_if_requested(pause=False)  # a pause now is kept by the last step's checkpoint
         res = run.result("succeeded", adapter_dir=run.publish())
+        run.strip_older_checkpoints()
     except Interrupted as stop:
         status: Status = "cancelled" if stop.request == "cancel" else "paused"
         run._message("info", f"{status} at step {run.step}")

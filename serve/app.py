@@ -1,4 +1,4 @@
-"""The inference process: an OpenAI-compatible ASGI app over one base model and its LoRA adapters."""
+"""The inference process: an OpenAI-compatible ASGI app over one base model, its LoRA adapters and full fine-tunes."""
 
 from __future__ import annotations
 
@@ -20,14 +20,17 @@ def create_app(
     settings: ServeSettings | None = None,
     *,
     loaded: LoadedBase | None = None,
+    name: str | None = None,
 ) -> FastAPI:
     """Load base_model (a name like tiny-chat or a local path) and return the app; adapters load on first use.
 
+    name: the public name the base model answers to (the operator's `name=/local/dir`); default base_model.
     adapters_root, when given, serves <adapters_root>/<model id> for any model id not registered otherwise.
-    `/v1/load_lora_adapter` loads only directories under data_dir or adapters_root.
+    `/v1/load_lora_adapter` loads only directories under data_dir or adapters_root: PEFT adapters, or full
+    fine-tunes (config.json, safetensors and a `full` manifest), each then served on its own engine.
     """
     settings = settings or ServeSettings()
-    base = loaded or load_base(base_model, data_dir)
+    base = loaded or load_base(base_model, data_dir, name=name)
     roots = Path(adapters_root) if adapters_root is not None else None
     service = InferenceService(base, settings, roots, Path(data_dir))
     app = FastAPI(title="TuneForge inference", docs_url=None, redoc_url=None)

@@ -4,6 +4,7 @@ Both speak the same endpoints, so the API gateway forwards with this one client:
   POST /v1/chat/completions, POST /v1/completions   OpenAI bodies; `"stream": true` answers SSE (`data: ...`)
   GET  /v1/models                                  {"object": "list", "data": [{"id", "object", "created", ...}]}
   POST /v1/load_lora_adapter    {"lora_name", "lora_path"}   200 text on success (also when already loaded here)
+                                (our serve also takes a full fine-tune's directory: served on its own engine)
   POST /v1/unload_lora_adapter  {"lora_name"}                200 text, 404 when unknown
 The per-caller key for the concurrency limit travels in X-TuneForge-Key (the service key, if any, in Authorization).
 Errors come back in the OpenAI envelope {"error": {"message", "type", "param", "code"}}; 429 carries Retry-After.

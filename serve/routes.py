@@ -26,7 +26,7 @@ from serve.protocol import (
     ModelList,
     UnloadLoraRequest,
 )
-from serve.service import InferenceService, Target
+from serve.service import Held, InferenceService, Target
 
 M = TypeVar("M", bound=BaseModel)
 MAX_BODY_DEPTH = 32  # OpenAI bodies nest a handful of levels (messages -> content parts -> fields)
@@ -162,14 +162,23 @@ async def _answer(
     prompt_tokens = sum(len(p) for p in prompts)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     service.limiter.acquire(key)
+    held: Held | None = None  # a full model's engine, kept resident while this answer runs
+
+    def release() -> None:
+        service.limiter.release(key)
+        if held is not None:
+            held.release()
+
     handed_over = False  # once a streaming response owns the slot, it releases it however the stream ends
     try:
-        deltas = service.generate(target, prompts, params)
+        # before the first byte: a full model that cannot be loaded answers 503, not a broken stream
+        held = await service.hold(target)
+        deltas = service.generate(target, prompts, params, held)
         if body.stream:
             events = chat_events if chat else completion_events
             response = GuardedStream(
                 events(head, deltas, choices, prompt_tokens, include_usage),
-                on_close=lambda: service.limiter.release(key),
+                on_close=release,
                 headers={"Cache-Control": "no-cache"},
             )
             handed_over = True
@@ -183,4 +192,4 @@ async def _answer(
         return JSONResponse(answer.model_dump(mode="json"))
     finally:
         if not handed_over:
-            service.limiter.release(key)
+            release()

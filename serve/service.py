@@ -1,22 +1,35 @@
-"""The inference service behind the routes: adapters, model resolution, prompts, limits, sampling, generation."""
+"""The inference service behind the routes: adapters, full models, model resolution, prompts, limits, generation."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
 from jinja2 import TemplateError
 
-from app.core.errors import InvalidRequest, NotFound, model_not_found
+from app.core.errors import InvalidRequest, NotFound, Unavailable, model_not_found
 from app.core.limits import KeyLimiter
 from engine.chat import stop_token_ids
+from engine.inference.adapters import AdapterEntry
 from engine.inference.asyncio_engine import AsyncEngine
 from engine.inference.engine import EngineSettings, GenerationEngine
+from engine.inference.full_models import (
+    MIB,
+    FullModelEntry,
+    FullModelLoadFailed,
+    FullModels,
+    FullModelsBusy,
+    FullModelTooLarge,
+    engine_loader,
+    is_full_model_dir,
+)
 from engine.inference.loading import LoadedBase
 from engine.inference.prompting import render_chat
 from engine.inference.types import (
@@ -28,7 +41,6 @@ from engine.inference.types import (
 from serve.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, ModelCard
 from serve.settings import ServeSettings
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "manifest.json")
 log = logging.getLogger(__name__)
 _DONE = object()
 
@@ -38,13 +50,44 @@ class Target:
     """What a request's model id resolved to."""
 
     model: str
-    adapter: str | None  # None: the base model
+    adapter: str | None  # None: the base model (or a full model)
     chat_template: str | None
     stop_token_ids: tuple[int, ...]
+    full: str | None = None  # a full fine-tune: generation runs on that whole model's own engine
+
+
+@dataclass
+class Held:
+    """The engine a request generates on, held (not evicted) until release(), which is idempotent."""
+
+    generator: AsyncEngine
+    on_release: Callable[[], None] | None = None
+    released: bool = field(default=False)
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            if self.on_release is not None:
+                self.on_release()
+
+
+def _manifest_kind(directory: Path) -> object:
+    try:
+        data = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data.get("kind") if isinstance(data, dict) else None
+
+
+def _is_full(directory: Path) -> bool:
+    """Complete weights rather than a PEFT adapter: config.json without adapter_config.json, or a `full` manifest."""
+    if (directory / "adapter_config.json").is_file():
+        return False
+    return is_full_model_dir(directory) or _manifest_kind(directory) == "full"
 
 
 class InferenceService:
-    """One base model and its adapters, served under the limits in settings."""
+    """One base model, its adapters and full fine-tunes of it, served under the limits in settings."""
 
     def __init__(
         self,
@@ -59,13 +102,17 @@ class InferenceService:
         self.adapters_root = adapters_root.resolve() if adapters_root is not None else None
         # load_lora_adapter serves only directories under these (artifacts live under the data directory)
         self.adapter_roots = tuple(r.resolve() for r in (data_dir, adapters_root) if r is not None)
-        self.engine = GenerationEngine(
-            base.model,
-            base.tokenizer,
-            base.identity,
-            EngineSettings(settings.max_batch_size, settings.max_loaded_adapters, settings.max_prefill_tokens),
+        engine_settings = EngineSettings(
+            settings.max_batch_size, settings.max_loaded_adapters, settings.max_prefill_tokens
         )
+        self.engine = GenerationEngine(base.model, base.tokenizer, base.identity, engine_settings)
         self.generator = AsyncEngine(self.engine)
+        self.full_models = FullModels(
+            base.identity,
+            settings.max_loaded_full_models,
+            settings.max_full_models_memory_mib * MIB,
+            engine_loader(base.model, base.tokenizer, engine_settings),
+        )
         self.limiter = KeyLimiter(settings.max_concurrent_per_key, settings.retry_after_s)
         self.created = int(time.time())
         self._registered_at: dict[str, int] = {}
@@ -74,11 +121,14 @@ class InferenceService:
     # ---- adapters -------------------------------------------------------------------------------------------
 
     def load_adapter(self, name: str, path: str) -> bool:
-        """Register an adapter (manifest checked); False if this exact one was already there."""
+        """Register an adapter or a full fine-tune (manifest checked); False if this exact one was already there.
+
+        A full model's weights load on its first request, not here (like an adapter's).
+        """
         if name == self.base_name:
             raise InvalidRequest(f"'{name}' is the base model's name", param="lora_name")
         directory = self._confined(name, path)
-        current = self.engine.registry.names().get(name)
+        current = self._registered(name)
         if current is not None:
             if current.path == directory:
                 return False
@@ -86,14 +136,21 @@ class InferenceService:
         if not directory.is_dir():
             raise NotFound(f"No adapter directory for '{name}'.", param="lora_path", code="adapter_not_found")
         try:
-            self.engine.register_adapter(name, directory)
-        except AdapterMismatchError as exc:  # its messages name the adapter, not the directory
+            if _is_full(directory):
+                self.full_models.register(name, directory)
+            else:
+                self.engine.register_adapter(name, directory)
+        except AdapterMismatchError as exc:  # its messages name the adapter or model, not the directory
             raise InvalidRequest(str(exc), param="lora_path", code="adapter_mismatch") from None
         self._registered_at[name] = int(time.time())
         return True
 
+    def _registered(self, name: str) -> AdapterEntry | FullModelEntry | None:
+        adapter = self.engine.registry.names().get(name)
+        return adapter if adapter is not None else self.full_models.names().get(name)
+
     def _confined(self, name: str, path: str) -> Path:
-        """The adapter directory, resolved, if it and its files stay under an adapter root (symlinks included)."""
+        """The artifact directory, resolved, if it and its files stay under an adapter root (symlinks included)."""
         refused = InvalidRequest(
             f"The lora_path of '{name}' must be an absolute path inside this server's data directory.",
             param="lora_path",
@@ -103,7 +160,8 @@ class InferenceService:
         if not given.is_absolute() or ".." in given.parts or "\0" in path:
             raise refused
         directory = given.resolve()
-        files = [directory, *(directory / f for f in ADAPTER_FILES if (directory / f).exists())]
+        # every file the directory holds, not just the ones we read: a full model is config, shards and tokenizer
+        files = [directory, *(directory.iterdir() if directory.is_dir() else ())]
         if not all(any(f.resolve().is_relative_to(root) for root in self.adapter_roots) for f in files):
             raise refused
         return directory
@@ -111,47 +169,71 @@ class InferenceService:
     def shutdown(self) -> None:
         """Stop generating: running and queued requests end now (503 or an error event), instead of at max_tokens."""
         self.engine.close(timeout=10)
+        self.full_models.close()
 
     def unload_adapter(self, name: str) -> None:
-        """Forget adapter name; 404 when it is not loaded."""
-        if not self.engine.unregister_adapter(name):
+        """Forget adapter (or full model) name; 404 when it is not loaded."""
+        if not (self.engine.unregister_adapter(name) or self.full_models.unregister(name)):
             raise NotFound(f"The lora adapter '{name}' cannot be found.", param="lora_name", code="model_not_found")
         self._registered_at.pop(name, None)
 
     def _from_root(self, model: str) -> bool:
-        """Register <adapters_root>/<model id> on first use, if such an adapter directory exists."""
+        """Register <adapters_root>/<model id> on first use, if such an adapter or full-model directory exists."""
         if self.adapters_root is None:
             return False
         candidate = (self.adapters_root / model).resolve()
-        if not candidate.is_relative_to(self.adapters_root) or not (candidate / "adapter_config.json").is_file():
+        if not candidate.is_relative_to(self.adapters_root):
+            return False
+        if not ((candidate / "adapter_config.json").is_file() or (candidate / "config.json").is_file()):
             return False
         self.load_adapter(model, str(candidate))
         return True
 
     def resolve(self, model: str) -> Target:
-        """The base model or adapter a model id names, with its chat template and stop tokens."""
+        """The base model, adapter or full model a model id names, with its chat template and stop tokens."""
         if model == self.base_name:
             return Target(model, None, None, self._base_stops)
-        try:
-            entry = self.engine.registry.get(model)
-        except AdapterNotFoundError:
+        entry = self._registered(model)
+        if entry is None:
             if not self._from_root(model):
-                raise model_not_found(model) from None
-            entry = self.engine.registry.get(model)
+                raise model_not_found(model)
+            entry = self._registered(model)
+            if entry is None:
+                raise model_not_found(model)
         manifest = entry.manifest
         stops = set(manifest.stop_token_ids) | set(self._base_stops)
         vocab = self.base.tokenizer.get_vocab()
         stops |= {int(vocab[s]) for s in manifest.stop_strings if s in vocab}
+        if isinstance(entry, FullModelEntry):
+            # the manifest's template (else the one saved with its tokenizer): the one training rendered with
+            return Target(model, None, entry.chat_template, tuple(sorted(stops)), full=model)
         return Target(model, model, manifest.chat_template, tuple(sorted(stops)))
 
     def models(self) -> list[ModelCard]:
-        """The base model, then every loaded adapter by name."""
+        """The base model, then every registered adapter and full model by name."""
         base = ModelCard(id=self.base_name, created=self.created, root=self.base_name)
-        adapters = [
+        names = sorted({*self.engine.registry.names(), *self.full_models.names()})
+        tuned = [
             ModelCard(id=name, created=self._registered_at.get(name, self.created), root=name, parent=self.base_name)
-            for name in sorted(self.engine.registry.names())
+            for name in names
         ]
-        return [base, *adapters]
+        return [base, *tuned]
+
+    async def hold(self, target: Target) -> Held:
+        """The engine for target, a full model loaded (off the event loop) and held; 503 when it cannot be."""
+        if target.full is None:
+            return Held(self.generator)
+        try:
+            loaded = await anyio.to_thread.run_sync(self.full_models.acquire, target.full)
+        except AdapterNotFoundError:  # unloaded since resolve()
+            raise model_not_found(target.model) from None
+        except FullModelTooLarge as exc:  # messages name the model, never its directory
+            raise Unavailable(str(exc), code="model_too_large") from None
+        except FullModelLoadFailed as exc:
+            raise Unavailable(str(exc)) from None
+        except FullModelsBusy as exc:
+            raise Unavailable(f"{exc} Retry shortly.", retry_after=self.settings.retry_after_s) from None
+        return Held(loaded.generator, lambda: self.full_models.release(loaded))
 
     # ---- requests -------------------------------------------------------------------------------------------
 
@@ -246,11 +328,17 @@ class InferenceService:
             raise InvalidRequest(str(exc)) from None
 
     async def generate(
-        self, target: Target, prompts: list[list[int]], params: SamplingParams
+        self, target: Target, prompts: list[list[int]], params: SamplingParams, held: Held | None = None
     ) -> AsyncGenerator[ChoiceDelta, None]:
-        """Deltas of every prompt's n choices, re-indexed prompt-major (prompt i, choice j -> i * n + j)."""
+        """Deltas of every prompt's n choices, re-indexed prompt-major (prompt i, choice j -> i * n + j).
+
+        held: the engine hold() gave for target (a full model's); default the base engine.
+        """
+        if target.full is not None and held is None:
+            raise ValueError("a full model's requests run on the engine hold() gave")
+        generator = held.generator if held is not None else self.generator
         if len(prompts) == 1:
-            async with contextlib.aclosing(self.generator.stream(prompts[0], params, target.adapter)) as only:
+            async with contextlib.aclosing(generator.stream(prompts[0], params, target.adapter)) as only:
                 async for delta in only:
                     yield delta
             return
@@ -258,7 +346,7 @@ class InferenceService:
 
         async def pump(offset: int, prompt: list[int]) -> None:
             try:
-                async with contextlib.aclosing(self.generator.stream(prompt, params, target.adapter)) as stream:
+                async with contextlib.aclosing(generator.stream(prompt, params, target.adapter)) as stream:
                     async for delta in stream:
                         delta.index += offset
                         await inbox.put(delta)

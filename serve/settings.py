@@ -18,6 +18,10 @@ class ServeSettings(BaseModel):
     max_batch_size: int = Field(default=64, ge=1)
     max_loaded_adapters: int = Field(default=8, ge=1)
     max_prefill_tokens: int = Field(default=4096, ge=1)
+    # Full fine-tunes are whole models, each on its own engine: at most this many resident (LRU, idle ones evicted)
+    max_loaded_full_models: int = Field(default=2, ge=1)
+    # and their weights together within this many MiB (the base model not counted); a bigger one is refused
+    max_full_models_memory_mib: int = Field(default=8192, ge=1)
     api_key: str | None = None  # when set, requests must carry it as a Bearer token (the gateway does)
 
     @field_validator("api_key")

@@ -214,7 +214,9 @@ def inference(
     from tuneforge.embedded import serve_settings
 
     source = settings.base_model_map.get(base_model, base_model)
-    app = create_inference_app(source, settings.data_dir, settings=serve_settings(settings, settings.inference_api_key))
+    app = create_inference_app(
+        source, settings.data_dir, settings=serve_settings(settings, settings.inference_api_key), name=base_model
+    )
     # The same body caps and read/idle timeouts as the API: the inference port takes bodies from the network too.
     from app.http.body_guard import BodyLimits
     from app.http.middleware import BodyLimitMiddleware

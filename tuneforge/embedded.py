@@ -22,15 +22,18 @@ def serve_settings(settings: Settings, api_key: str | None = None):  # type: ign
         # The gateway enforces the per-key limit with the caller's real key; in-process calls all share one.
         max_concurrent_per_key=max(settings.max_batch_size, settings.max_concurrent_requests_per_key),
         max_loaded_adapters=settings.max_loaded_adapters,
+        max_loaded_full_models=settings.max_loaded_full_models,
+        max_full_models_memory_mib=settings.max_full_models_memory_mib,
         max_batch_size=settings.max_batch_size,
         api_key=api_key,
     )
 
 
-def _in_process_backend(source: str, settings: Settings, built: list[FastAPI]) -> httpx.AsyncClient:
+def _in_process_backend(name: str, source: str, settings: Settings, built: list[FastAPI]) -> httpx.AsyncClient:
+    """The inference app of base model `name`, loaded from source (a name or a local directory) and named `name`."""
     from serve.app import create_app as create_inference_app
 
-    inference_app = create_inference_app(source, settings.data_dir, settings=serve_settings(settings))
+    inference_app = create_inference_app(source, settings.data_dir, settings=serve_settings(settings), name=name)
     built.append(inference_app)
     return httpx.AsyncClient(
         transport=StreamingASGITransport(inference_app),
@@ -49,7 +52,7 @@ def mount_inference(app: FastAPI, settings: Settings) -> list[str]:
     for name, source in settings.base_model_map.items():
         if name in remote:
             continue
-        state.backends.register_lazy(name, functools.partial(_in_process_backend, source, settings, built))
+        state.backends.register_lazy(name, functools.partial(_in_process_backend, name, source, settings, built))
         mounted.append(name)
     return mounted
 

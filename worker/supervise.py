@@ -80,6 +80,7 @@ def build_spec(rt: Runtime, claim: Claim) -> dict[str, Any]:
         tuning = {TUNING_EXTENSIONS[k]: v for k, v in requested.items() if k in TUNING_EXTENSIONS}
         return {
             "base_model": rt.settings.base_model_map.get(job.base_model, job.base_model),
+            "base_model_name": rt.settings.public_base_model_name(job.base_model),
             "data_dir": str(rt.settings.data_dir),
             "training_file": path_of(job.training_file, "training_file"),
             "validation_file": path_of(job.validation_file, "validation_file"),

@@ -88,6 +88,50 @@ class Settings(BaseSettings):
         min_length=1,
         description="Base models offered: `name` or `name=/local/dir`, comma-separated.",
     )
+    base_model_hub_ids: str = Field(
+        default="",
+        description="Hub ids of offered base models, `name=org/id` pairs, comma-separated: what artifacts "
+        "(adapter_config.json, manifest.json) name the base by, so they load anywhere; default the offered name.",
+    )
+
+    # --- uploaded adapters (POST /v1/models) ---
+    max_adapter_archive_bytes: int = Field(
+        default=512 * MiB,
+        ge=1,
+        description="Largest adapter archive an upload may send (also capped by the upload cap).",
+    )
+    max_adapter_unpacked_bytes: int = Field(
+        default=2048 * MiB, ge=1, description="Largest total size of the files inside an adapter archive."
+    )
+    max_adapter_archive_members: int = Field(
+        default=64, ge=2, le=100_000, description="Most entries (files and folders) an adapter archive may hold."
+    )
+    max_adapter_rank: int = Field(default=256, ge=1, le=1024, description="Highest LoRA rank an upload may have.")
+    adapter_target_modules: str = Field(
+        default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        min_length=1,
+        description="Module names an uploaded LoRA adapter may target, comma-separated.",
+    )
+
+    # --- model download (GET /v1/models/{model}/content), built by `python -m engine export` ---
+    export_merge_max_memory_mb: int = Field(
+        default=16384,
+        ge=64,
+        description="Most memory a LoRA merge may need (base and adapter in fp32 plus the runtime); a bigger "
+        "merge is refused before it starts (format=adapter still downloads).",
+    )
+    export_max_concurrent_merges: int = Field(
+        default=1, ge=1, le=64, description="LoRA merges run at once; another one answers 503 with Retry-After."
+    )
+    export_retry_after_s: int = Field(
+        default=30, ge=1, le=3600, description="`Retry-After` of the 503 a download gets while merges are busy."
+    )
+    export_timeout_s: float = Field(
+        default=3600.0, gt=0, description="Longest time one export (merge or copy) may take; past it 503."
+    )
+    export_chunk_bytes: int = Field(
+        default=MiB, ge=4096, le=64 * MiB, description="Size of the pieces a download streams (memory per download)."
+    )
 
     # --- jobs and workers (section owned by the jobs/worker code) ---
     lease_seconds: float = Field(default=120.0, gt=0, description="A running job's lease; renewed by heartbeats.")
@@ -171,6 +215,15 @@ class Settings(BaseSettings):
     max_prompt_tokens: int = Field(default=2048, ge=1, description="Longest prompt an inference request may send.")
     max_output_tokens: int = Field(default=512, ge=1, description="Most tokens one completion may generate.")
     max_loaded_adapters: int = Field(default=8, ge=1, description="Adapters kept in memory per base model (LRU).")
+    max_loaded_full_models: int = Field(
+        default=2, ge=1, description="Full fine-tunes kept in memory per base model (LRU; idle ones are evicted)."
+    )
+    max_full_models_memory_mib: int = Field(
+        default=8192,
+        ge=1,
+        description="MiB of weights the resident full fine-tunes of one base model may take together (the base not "
+        "counted); a full model larger than this answers 503.",
+    )
     max_batch_size: int = Field(default=64, ge=1, description="Sequences decoded together per base model.")
     embedded_inference: bool = Field(default=True, description="`tuneforge serve` runs inference in-process.")
     graceful_shutdown_s: float = Field(
@@ -233,6 +286,14 @@ class Settings(BaseSettings):
             if name:
                 mapping[name.strip()] = source.strip() or name.strip()
         return mapping
+
+    def public_base_model_name(self, name: str) -> str:
+        """What artifacts call an offered base model: its configured hub id, else the offered name."""
+        for item in self.base_model_hub_ids.split(","):
+            key, sep, hub_id = item.strip().partition("=")
+            if sep and key.strip() == name and hub_id.strip():
+                return hub_id.strip()
+        return name
 
     @property
     def inference_url_map(self) -> dict[str, str]:

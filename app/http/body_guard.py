@@ -9,7 +9,7 @@ from starlette.types import Message, Receive, Scope
 
 from app.core.settings import Settings
 
-UPLOAD_ROUTES = frozenset({("POST", "/v1/files")})
+UPLOAD_ROUTES = frozenset({("POST", "/v1/files"), ("POST", "/v1/models")})  # models: adapter archives
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,14 @@ def identity_for(name: str, path: Path) -> BaseIdentity:
     return BaseIdentity(name=name, content_hash=models.content_hash(path), tokenizer_hash=models.tokenizer_hash(path))
 
 
-def load_base(name_or_path: str, data_dir: str | Path, device: Any = None, dtype: Any = None) -> LoadedBase:
-    """Resolve (tiny-chat is built on demand) and load weights (safetensors only, no remote code) and tokenizer."""
+def load_base(
+    name_or_path: str, data_dir: str | Path, device: Any = None, dtype: Any = None, *, name: str | None = None
+) -> LoadedBase:
+    """Resolve (tiny-chat is built on demand) and load weights (safetensors only, no remote code) and tokenizer.
+
+    name: the public name it is served under (an operator's `name=/local/dir`); default: name_or_path itself.
+    """
     path = models.ensure_base_model(name_or_path, data_dir)
     model, tokenizer = models.load_model_and_tokenizer(path, device=device, dtype=dtype)
-    return LoadedBase(model=model, tokenizer=tokenizer, identity=identity_for(name_or_path, path), path=path)
+    identity = identity_for(name or name_or_path, path)
+    return LoadedBase(model=model, tokenizer=tokenizer, identity=identity, path=path)

@@ -171,6 +171,18 @@ def test_job_create_watch_succeeds_and_chat_answers(cli_server: Server, tmp_path
     as_json = run(cli_server, "chat", "tiny-chat", "-m", "hi", "--max-tokens", "4", "--json")
     assert json.loads(as_json.stdout)["object"] == "chat.completion"
 
+    archive, unpacked = tmp_path / "model.tar", tmp_path / "unpacked"
+    fetched = run(
+        cli_server, "models", "download", got["fine_tuned_model"], "-o", str(archive), "-x", str(unpacked), "--json"
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    assert json.loads(fetched.stdout)["bytes"] == archive.stat().st_size > 0
+    files = {p.name for p in unpacked.rglob("*") if p.is_file()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "manifest.json", "README.md"} <= files, files
+    assert not list(tmp_path.glob("*.part"))
+    refused = run(cli_server, "models", "download", "ft:tiny-chat:nobody:x:y", "-o", str(tmp_path / "no.tar"))
+    assert refused.returncode == 1 and "404" in refused.stderr and not (tmp_path / "no.tar").exists()
+
     deleted = run(cli_server, "models", "delete", got["fine_tuned_model"], "--json")
     assert deleted.returncode == 0 and json.loads(deleted.stdout)["deleted"] is True
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,10 @@ CHROMEDRIVER = os.environ.get("TUNEFORGE_TEST_CHROMEDRIVER") or shutil.which("ch
 
 
 def new_browser(width: int = 1280, height: int = 800) -> Any:
-    """A headless Chromium that cannot resolve any host name: only 127.0.0.1 answers, so no CDN can load."""
+    """A headless Chromium that cannot resolve any host name: only 127.0.0.1 answers, so no CDN can load.
+
+    Downloads land, without a prompt, in the folder named by the driver's `download_dir` attribute.
+    """
     if not (CHROMIUM and CHROMEDRIVER):
         message = "chromium and chromium-driver are needed for the browser tests (apt-get install, see .ci/run)"
         if REQUIRE_BROWSER:
@@ -45,7 +49,13 @@ def new_browser(width: int = 1280, height: int = 800) -> Any:
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    download_dir = Path(tempfile.mkdtemp(prefix="tf-console-downloads-"))
+    options.add_experimental_option(
+        "prefs", {"download.default_directory": str(download_dir), "download.prompt_for_download": False}
+    )
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(download_dir)})
+    driver.download_dir = download_dir
     driver.set_window_size(width, height)
     driver.set_page_load_timeout(60)
     return driver
@@ -56,6 +66,7 @@ def browser() -> Iterator[Any]:
     driver = new_browser()
     yield driver
     driver.quit()
+    shutil.rmtree(driver.download_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

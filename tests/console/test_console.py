@@ -9,6 +9,7 @@ under the test's temporary directory.
 from __future__ import annotations
 
 import json
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,6 +129,12 @@ def no_horizontal_scroll(driver: Any) -> bool:
     return bool(driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1"))
 
 
+def _downloaded(folder: Path) -> Path | None:
+    """The one finished download in folder (Chromium writes .crdownload until it is complete)."""
+    done = [p for p in folder.iterdir() if not p.name.endswith((".crdownload", ".tmp"))]
+    return done[0] if done and not any(p.name.endswith(".crdownload") for p in folder.iterdir()) else None
+
+
 def test_a_new_user_fine_tunes_and_chats_in_the_console(
     driver: Any, timed_server: tuple[Server, float], tmp_path: Path
 ) -> None:
@@ -234,6 +241,12 @@ def test_a_new_user_fine_tunes_and_chats_in_the_console(
     go(driver, server, "models")
     wait(driver).until(lambda d: model in d.find_element(By.ID, "models-list").text)
     screenshot(driver, shots, "08-models")
+    row = driver.find_element(By.CSS_SELECTOR, f'#models-table tr[data-id="{model}"]')
+    row.find_element(By.CSS_SELECTOR, ".download-model").click()
+    archive = wait(driver, 120).until(lambda d: _downloaded(d.download_dir))
+    with tarfile.open(archive) as tar:
+        names = {Path(n).name for n in tar.getnames()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "manifest.json", "README.md"} <= names, names
 
     # 8. API errors read as messages
     go(driver, server, "job/ftjob-" + "x" * 24)

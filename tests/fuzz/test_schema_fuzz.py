@@ -121,5 +121,7 @@ def test_the_served_document_declares_auth_bodies_and_the_error_envelope(server:
         ("/v1/fine_tuning/jobs", "post"),
         ("/v1/chat/completions", "post"),
         ("/v1/completions", "post"),
+        ("/v1/models", "post"),  # an adapter archive upload
     }
     assert "multipart/form-data" in document["paths"]["/v1/files"]["post"]["requestBody"]["content"]
+    assert "multipart/form-data" in document["paths"]["/v1/models"]["post"]["requestBody"]["content"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+import tarfile
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -12,15 +14,18 @@ from tuneforge.client.common import (
     ApiKey,
     BaseUrl,
     JsonOut,
+    api_base,
     api_errors,
+    fail,
     make_client,
     print_json,
+    stderr,
     stdout,
     table,
     when,
 )
 
-models_cli = typer.Typer(help="List and delete the models this project may use.", no_args_is_help=True)
+models_cli = typer.Typer(help="List, download and delete the models this project may use.", no_args_is_help=True)
 
 
 @models_cli.command("list")
@@ -64,6 +69,88 @@ def models_delete(
         print_json(deleted)
     else:
         stdout().print(f"deleted {deleted.id}", highlight=False)
+
+
+def _attachment_name(disposition: str, fallback: str) -> str:
+    """The file name the server proposes (Content-Disposition), reduced to a bare name."""
+    from email.message import Message
+
+    header = Message()
+    header["content-disposition"] = disposition
+    name = header.get_filename() or fallback
+    return Path(name).name or fallback
+
+
+def _extract(archive: Path, into: Path) -> None:
+    """Unpack with tarfile's `data` filter: no absolute paths, no `..`, no links out, no device files."""
+    into.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+
+
+@models_cli.command("download")
+def models_download(
+    model: Annotated[str, typer.Argument(help="Fine-tuned model or checkpoint id.")],
+    format_: Annotated[
+        Literal["adapter", "merged"] | None,
+        typer.Option("--format", help="adapter (LoRA only) or merged weights; default: the model's own kind."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Archive path (default: the server's name, here).")
+    ] = None,
+    extract: Annotated[
+        Path | None, typer.Option("--extract", "-x", help="Also unpack into this directory (Hugging Face layout).")
+    ] = None,
+    base_url: BaseUrl = DEFAULT_BASE_URL,
+    api_key: ApiKey = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Download a model's weights as a tar archive: adapter or merged, config, tokenizer, manifest, model card."""
+    import httpx
+
+    make_client(base_url, api_key)  # the same key check as every other command
+    params = {"format": format_} if format_ else {}
+    url = f"{api_base(base_url)}/models/{model}/content"
+    fallback = model.replace(":", "_").replace("/", "_") + ".tar"
+    # No read timeout: the server merges weights before the first byte when the merged form is not cached yet.
+    timeout = httpx.Timeout(None, connect=10.0)
+    try:
+        with httpx.stream(
+            "GET", url, params=params, headers={"authorization": f"Bearer {api_key}"}, timeout=timeout
+        ) as r:
+            if r.status_code >= 400:
+                r.read()
+                try:
+                    error = r.json().get("error", {})
+                    message = f"{error.get('message')} ({error.get('code')})"
+                except ValueError:
+                    message = r.text[:200]
+                fail(f"{message} [HTTP {r.status_code}]")
+            target = output or Path(_attachment_name(r.headers.get("content-disposition", ""), fallback))
+            partial = target.with_name(target.name + ".part")
+            written = 0
+            with partial.open("wb") as out:
+                for chunk in r.iter_bytes(1 << 20):
+                    out.write(chunk)
+                    written += len(chunk)
+            partial.replace(target)  # a broken transfer never leaves a file that looks complete
+    except httpx.HTTPError as exc:
+        fail(f"cannot download from {api_base(base_url)}: {exc}")
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    if extract is not None:
+        try:
+            _extract(target, extract)
+        except (tarfile.TarError, OSError) as exc:
+            fail(f"downloaded {target} but could not unpack it: {exc}")
+    if json_out:
+        print_json(
+            {"model": model, "path": str(target), "bytes": written, "extracted_to": str(extract) if extract else None}
+        )
+        return
+    stderr().print(f"downloaded {model}: {target} ({written / 1e6:.1f} MB)", highlight=False)
+    if extract is not None:
+        stdout().print(f"unpacked into {extract}", highlight=False)
 
 
 def chat(

@@ -133,15 +133,31 @@ async function newEvents(jobId, knownId) {
   return fresh.reverse();
 }
 async function downloadFile(fileId, filename) {
-  const response = await fetch(`/v1/files/${fileId}/content`, { headers: { Authorization: `Bearer ${apiKey()}` } });
+  await downloadFrom(`/v1/files/${fileId}/content`, filename || fileId);
+}
+function attachmentName(response, fallback) {
+  const match = /filename="?([^";]+)"?/.exec(response.headers.get("Content-Disposition") || "");
+  return match ? match[1] : fallback;
+}
+async function downloadFrom(path, fallbackName) {
+  const response = await fetch(path, { headers: { Authorization: `Bearer ${apiKey()}` } });
   if (!response.ok) {
     let data = null; try { data = await response.json(); } catch (_) { /* empty */ }
     throw new ApiError(response.status, data);
   }
   const url = URL.createObjectURL(await response.blob());
-  const a = h("a", { href: url, download: filename || fileId });
+  const a = h("a", { href: url, download: attachmentName(response, fallbackName) });
   document.body.append(a); a.click(); a.remove();
   setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+async function downloadModel(modelId, format, button) {
+  // The archive is built (a merge can take a while) before the first byte; say so on the button meanwhile.
+  const label = button.textContent;
+  button.disabled = true; button.textContent = "Preparing…";
+  try {
+    const query = format ? `?format=${format}` : "";
+    await downloadFrom(`/v1/models/${encodeURIComponent(modelId)}/content${query}`, `${modelId.replace(/[:/]/g, "_")}.tar`);
+  } finally { button.disabled = false; button.textContent = label; }
 }
 
 /* ---------- routing ---------- */
@@ -681,14 +697,19 @@ function modelsPage(view, _arg, _query, token) {
       h("td", { class: "mono" }, m.id), h("td", {}, m.id.startsWith("ft:") ? (m.id.includes(":ckpt-step-") ? "checkpoint" : "fine-tuned") : "base"),
       h("td", {}, m.owned_by), h("td", { class: "hide-narrow" }, fmtTime(m.created)),
       h("td", {}, h("a", { href: `#/playground?model=${encodeURIComponent(m.id)}` }, "Chat"), " ",
-        m.id.startsWith("ft:") ? h("button", { class: "danger delete-model", onclick: guard(async () => {
-          if (!confirm(`Delete ${m.id}?`)) return;
-          await api("DELETE", `/models/${m.id}`);
-          await load();
-        }) }, "Delete") : null)));
+        ...(m.id.startsWith("ft:") ? [
+          h("button", { class: "download-model", onclick: guard((e) => downloadModel(m.id, null, e.target)),
+            title: "The adapter (LoRA) or the whole model (full fine-tune), in Hugging Face layout" }, "Download"), " ",
+          h("button", { class: "download-merged", onclick: guard((e) => downloadModel(m.id, "merged", e.target)),
+            title: "Base and adapter merged into one model (built on first request)" }, "Download merged"), " ",
+          m.id.includes(":ckpt-step-") ? null : h("button", { class: "danger delete-model", onclick: guard(async () => {
+            if (!confirm(`Delete ${m.id}?`)) return;
+            await api("DELETE", `/models/${m.id}`);
+            await load();
+          }) }, "Delete")] : []))));
     box.replaceChildren(tableOf(["id", "kind", "owned by", "created", ""], rows, { id: "models-table" }),
-      h("p", { class: "muted" }, "Downloads: this server's API does not offer model weights for download yet; " +
-        "a job's metrics CSV downloads from its page."));
+      h("p", { class: "muted" }, "Downloads are tar archives in Hugging Face layout (weights, config, tokenizer, " +
+        "manifest and a model card); a job's metrics CSV downloads from its page."));
   }
   view.append(h("h1", {}, "Models"), box);
   guard(load)();
